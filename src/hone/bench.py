@@ -1,0 +1,620 @@
+"""`hone bench train`: hone against a transformers baseline, in one run, on the same real data.
+
+Like for like:
+- weights: the hone model (a named config built from scratch, or a checkpoint folder with
+  its real weights) is saved with save_pretrained; both systems load that folder
+  (transformers through AutoModelFor... with attn_implementation="sdpa").
+- samples: one seeded order of the data's rows; both systems train on the same micro
+  batches of samples in the same order.
+- precision and optimizer: the profile's autocast dtype and AdamW from
+  engine.optim.build_optimizer (foreach; fused on CUDA when the profile says so) for both.
+- the loop: forward, backward, optimizer step, zero_grad, written once here and run for
+  each system (not either Trainer): `warmup` untimed steps, then `steps` timed ones.
+What differs is what each system does with a batch:
+- transformers gets batches as its example scripts build them: run_qa and run_glue pad
+  every row to seq_len (pad_to_max_length), run_mlm (line by line) pads to the batch's
+  longest row, run_clm's blocks hold no padding.
+- hone gets the same rows padded to the batch's longest row (no mask when nothing is
+  padding) and runs them in its mode: the profile's fastest, or --mode.
+Batches are collated before timing (DataLoader workers hide that cost in real training);
+a timed step includes the copy to the device. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hone import __version__, perf
+from hone.config import TrainingArguments
+from hone.data.collate import pad_collate
+from hone.data.packing import PackCollator, PackingError
+from hone.data.squad import FeatureSettingsError, SquadFormatError, prepare_train_features, read_squad
+from hone.data.tokenizer import HoneTokenizer, TokenizerError, load_tokenizer
+from hone.engine.optim import OptimizerConfigError, build_optimizer
+from hone.engine.precision import PrecisionConfigError, autocast, autocast_dtype, build_loss_scaler, configure_tf32
+from hone.hardware import HardwareError, HardwareProfile, cpu_supports_bf16, resolve_profile
+from hone.models.base import ConfigError, ModelConfig, PreTrainedModule
+from hone.models.checkpoint import MODEL_CLASSES, CheckpointError, build_model, config_from_dict, load_model
+
+log = logging.getLogger("hone")
+
+
+class BenchError(ValueError):
+    """A benchmark that cannot run as asked; the message names the flag or file and the fix."""
+
+
+# bench task -> (hone task, transformers Auto class, what --data must be)
+TASKS: dict[str, tuple[str, str, str]] = {
+    "qa": ("qa", "AutoModelForQuestionAnswering", "a SQuAD .json or .jsonl file"),
+    "glue": ("classification", "AutoModelForSequenceClassification", "a GLUE .tsv file with a header row"),
+    "clm": ("clm", "AutoModelForCausalLM", "a raw text file"),
+    "mlm": ("mlm", "AutoModelForMaskedLM", "a text file, one sample per line"),
+}
+SYSTEMS = ("hone", "transformers")
+MODES = ("padded", "unpadded", "packed")
+
+_BERT_BASE = dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                  num_attention_heads=12, intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+                  attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
+                  initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0)
+# Hugging Face's config.json of each model, built with fresh weights.
+NAMED_CONFIGS: dict[str, dict] = {
+    "bert-base": _BERT_BASE,
+    "roberta-base": {**_BERT_BASE, "model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
+                     "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0,
+                     "eos_token_id": 2},
+    "minilm": {**_BERT_BASE, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536},
+    "gpt2": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                 activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+                 layer_norm_epsilon=1e-5, initializer_range=0.02, bos_token_id=50256, eos_token_id=50256),
+}
+_DROPOUT_FIELDS = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+                   "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+                   "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+
+# Errors that carry a message for the user (all ValueError subclasses): printed, no traceback.
+USER_ERRORS = (BenchError, CheckpointError, ConfigError, FeatureSettingsError, HardwareError,
+               OptimizerConfigError, PackingError, PrecisionConfigError, SquadFormatError, TokenizerError)
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class BenchData:
+    rows: Sequence[dict]      # one sample each: unpadded 1-D int arrays and its labels
+    pad_token_id: int
+    baseline_padding: str     # "max_length" (run_qa, run_glue), "longest" (run_mlm), "none" (run_clm blocks)
+    num_labels: int | None = None
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BenchError(f"--data {path}: not UTF-8 text ({err}); expected {what}") from None
+
+
+def qa_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, doc_stride: int) -> BenchData:
+    """SQuAD training windows as run_qa builds them (hone.data.squad)."""
+    features = prepare_train_features(read_squad(path), tokenizer, max_seq_length=seq_len, doc_stride=doc_stride)
+    return BenchData(features, features.pad_token_id, "max_length")
+
+
+# GLUE text columns, single sentences and pairs (the first match wins)
+_GLUE_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
+                 ("premise", "hypothesis"), ("sentence",))
+
+
+def glue_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, pad_token_id: int) -> BenchData:
+    """A GLUE .tsv (header row, a `label` column) encoded as run_glue does, truncated to seq_len."""
+    with path.open(encoding="utf-8", newline="") as f:
+        table = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if len(table) < 2:
+        raise BenchError(f"--data {path}: needs a header row and at least one sample row")
+    header, body = table[0], table[1:]
+    columns = next((c for c in _GLUE_COLUMNS if set(c) <= set(header)), None)
+    if columns is None or "label" not in header:
+        raise BenchError(f"--data {path}: header {header} lacks a 'label' column or text columns; expected "
+                         f"'label' and one of {[list(c) for c in _GLUE_COLUMNS]}")
+    at = [header.index(c) for c in (*columns, "label")]
+    bad = [n for n, row in enumerate(body, 2) if len(row) <= max(at)]
+    if bad:
+        raise BenchError(f"--data {path}: line {bad[0]} has fewer columns than the header")
+    texts = [row[at[0]] for row in body]
+    pairs = [row[at[1]] for row in body] if len(columns) == 2 else None
+    names = sorted({row[at[-1]] for row in body})
+    label_of = {name: i for i, name in enumerate(names)}
+    encodings = tokenizer.encode_batch(texts, pairs, max_length=seq_len, truncation="longest_first")
+    rows = [{"input_ids": np.asarray(e.ids), "attention_mask": np.ones(len(e.ids), dtype=np.int64),
+             "token_type_ids": np.asarray(e.type_ids), "labels": label_of[row[at[-1]]]}
+            for e, row in zip(encodings, body)]
+    return BenchData(rows, pad_token_id, "max_length", num_labels=max(2, len(names)))
+
+
+def clm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int) -> BenchData:
+    """run_clm: every line tokenized (line breaks kept), concatenated, cut into seq_len blocks."""
+    lines = _read_text(path, TASKS["clm"][2]).splitlines(keepends=True)
+    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64)
+                          for e in tokenizer.encode_batch(lines, add_special_tokens=False)] or [np.zeros(0)])
+    blocks = len(ids) // seq_len
+    if blocks == 0:
+        raise BenchError(f"--data {path}: {len(ids)} tokens make no block of --seq_len {seq_len}")
+    ids = ids[: blocks * seq_len].reshape(blocks, seq_len)
+    rows = [{"input_ids": b, "attention_mask": np.ones(seq_len, dtype=np.int64), "labels": b} for b in ids]
+    return BenchData(rows, 0, "none")
+
+
+def mask_tokens(ids: np.ndarray, special: np.ndarray, mask_id: int, vocab: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """DataCollatorForLanguageModeling's masking, drawn once: 15% of the non-special tokens
+    (at least one) become targets; 80% of those -> mask, 10% -> a random token, 10% kept."""
+    candidates = np.flatnonzero(~special)
+    chosen = candidates[rng.random(len(candidates)) < 0.15]
+    if chosen.size == 0 and candidates.size:  # keep every row's loss defined
+        chosen = rng.choice(candidates, 1)
+    labels = np.full_like(ids, -100)
+    labels[chosen] = ids[chosen]
+    inputs = ids.copy()
+    roll = rng.random(len(chosen))
+    inputs[chosen[roll < 0.8]] = mask_id
+    random_at = chosen[(roll >= 0.8) & (roll < 0.9)]
+    inputs[random_at] = rng.integers(0, vocab, len(random_at))
+    return inputs, labels
+
+
+def mlm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, pad_token_id: int, seed: int) -> BenchData:
+    """run_mlm --line_by_line: each non-empty line one sample, truncated to seq_len, 15% masked."""
+    if tokenizer.mask_token_id is None:
+        raise BenchError("--task mlm needs a tokenizer with a mask token; the given tokenizer has none")
+    lines = [line for line in _read_text(path, TASKS["mlm"][2]).splitlines() if line.strip()]
+    specials = {getattr(tokenizer, f"{n}_token_id") for n in ("cls", "sep", "pad", "bos", "eos", "mask")} - {None}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for e in tokenizer.encode_batch(lines, max_length=seq_len, truncation="longest_first"):
+        ids = np.asarray(e.ids, dtype=np.int64)
+        inputs, labels = mask_tokens(ids, np.isin(ids, list(specials)), tokenizer.mask_token_id,
+                                     tokenizer.vocab_size, rng)
+        rows.append({"input_ids": inputs, "attention_mask": np.ones(len(ids), dtype=np.int64),
+                     "token_type_ids": np.asarray(e.type_ids), "labels": labels})
+    return BenchData(rows, pad_token_id, "longest")
+
+
+def load_data(task: str, path: Path, tokenizer: HoneTokenizer, args: argparse.Namespace) -> BenchData:
+    if not path.is_file():
+        raise BenchError(f"--data {path}: no such file; --task {task} reads {TASKS[task][2]}")
+    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    if task == "qa":
+        data = qa_data(path, tokenizer, args.seq_len, args.doc_stride)
+    elif task == "glue":
+        data = glue_data(path, tokenizer, args.seq_len, pad)
+    elif task == "clm":
+        data = clm_data(path, tokenizer, args.seq_len)
+    else:
+        data = mlm_data(path, tokenizer, args.seq_len, pad, args.seed)
+    if len(data.rows) == 0:
+        raise BenchError(f"--data {path}: holds no samples")
+    return data
+
+
+# ----------------------------------------------------------------------------- batches
+
+def sample_order(num_rows: int, num_samples: int, seed: int) -> np.ndarray:
+    """The rows both systems train on, in order: seeded permutations, repeated if the data is short."""
+    rng = np.random.default_rng(seed)
+    reps = -(-num_samples // num_rows)
+    return np.concatenate([rng.permutation(num_rows) for _ in range(reps)])[:num_samples]
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # model inputs with labels
+    indices: list[int]               # the rows it holds
+    real_tokens: int                 # non-padding tokens
+    tokens: int                      # token positions the model computes, padding included
+
+
+def make_batches(data: BenchData, order: np.ndarray, batch_size: int, *, layout: str, seq_len: int,
+                 token_types: bool, packer: PackCollator | None = None) -> list[Batch]:
+    """Micro batches of `batch_size` rows in `order`, in one of these layouts:
+    "max_length": padded to seq_len; "longest": to the batch's longest row; "none": rows of
+    one length, stacked (the baseline's, as transformers' scripts pad); "dynamic": as
+    "longest" without an attention mask when nothing is padding; "unpadded": as "dynamic",
+    the model computing real tokens only; "packed": `packer`'s rows of at most seq_len tokens."""
+    batches = []
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size].tolist()
+        rows = [data.rows[i] for i in indices]
+        if not token_types:
+            rows = [{k: v for k, v in row.items() if k != "token_type_ids"} for row in rows]
+        real = sum(len(row["input_ids"]) for row in rows)
+        if layout == "packed":
+            inputs = packer(rows)
+        else:
+            # rows are at most seq_len long: rounding up to a multiple of seq_len pads to seq_len
+            inputs = pad_collate(rows, data.pad_token_id, seq_len if layout == "max_length" else None)
+            if layout in ("dynamic", "unpadded") and inputs["attention_mask"].all():
+                del inputs["attention_mask"]  # nothing to mask: sdpa takes its fastest path
+        tokens = real if layout in ("unpadded", "packed") else inputs["input_ids"].numel()
+        batches.append(Batch(inputs, indices, real, tokens))
+    return batches
+
+
+def batch_flops(data: BenchData, batches: list[Batch], config: ModelConfig, task: str,
+                seq_len: int) -> tuple[list[float], list[float]]:
+    """Per batch: (model FLOPs as the padded baseline computes them, FLOPs on real tokens only)."""
+    model, useful = [], []
+    for b in batches:
+        lengths = [len(data.rows[i]["input_ids"]) for i in b.indices]
+        width = max(lengths) if data.baseline_padding == "longest" else seq_len
+        model.append(len(lengths) * perf.train_flops(config, task, width))
+        useful.append(sum(perf.train_flops(config, task, n) for n in lengths))
+    return model, useful
+
+
+def _digest(indices: Sequence[int]) -> str:
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- systems
+
+def apply_hone_mode(model: PreTrainedModule, mode: str) -> None:
+    """THE one place that switches a hone model's execution mode: unpadded execution runs
+    every layer on real tokens only (models/padding.py); packed batches carry cu_seqlens,
+    which the model follows without a switch."""
+    model.set_unpadded(mode == "unpadded")
+
+
+def load_transformers_model(folder: Path, auto_class: str) -> torch.nn.Module:
+    try:
+        import transformers
+    except ImportError:
+        raise BenchError("the transformers baseline needs transformers: pip install transformers "
+                         "(or benchmark hone alone with --systems hone)") from None
+    transformers.logging.set_verbosity_error()
+    return getattr(transformers, auto_class).from_pretrained(folder, attn_implementation="sdpa").float()
+
+
+def train_steps(model: torch.nn.Module, batches: list[Batch], profile: HardwareProfile, *, lr: float,
+                warmup: int, compile_model: bool, dynamic: bool, desc: str) -> dict:
+    """forward, backward, optimizer step, zero_grad per batch; the same loop for every system.
+
+    `dynamic`: shapes change from batch to batch (torch.compile traces them symbolically).
+    Returns every step's time in seconds and loss, and the rows consumed.
+    """
+    device = torch.device(profile.device)
+    cuda = device.type == "cuda"
+    model.to(device).train()
+    optimizer = build_optimizer(model, TrainingArguments(learning_rate=lr), profile)
+    scaler = build_loss_scaler(profile)  # a no-op unless fp16
+    step_model = torch.compile(model, dynamic=dynamic) if compile_model else model
+    losses, seen = [], []
+    marks = [torch.cuda.Event(enable_timing=True) if cuda else None for _ in range(len(batches) + 1)]
+    times = [0.0] * (len(batches) + 1)
+
+    def mark(i: int) -> None:
+        if cuda:
+            marks[i].record()  # on the GPU's timeline: no wait for the host
+        else:
+            times[i] = time.perf_counter()
+
+    if cuda:
+        torch.cuda.synchronize(device)
+    mark(0)
+    for i, batch in enumerate(tqdm(batches, desc=desc, unit="step", dynamic_ncols=True)):
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.inputs.items()}
+        with autocast(profile):
+            loss = step_model(**inputs).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        seen.extend(batch.indices)
+        mark(i + 1)
+    if cuda:
+        torch.cuda.synchronize(device)
+        step_times = [marks[i].elapsed_time(marks[i + 1]) / 1e3 for i in range(len(batches))]
+    else:
+        step_times = [b - a for a, b in zip(times, times[1:])]
+    return {"step_times": step_times, "losses": torch.stack(losses).float().cpu().tolist(),
+            "indices": seen, "fused_optimizer": bool(optimizer.defaults.get("fused"))}
+
+
+def system_report(run: dict, batches: list[Batch], warmup: int, flops: tuple[list[float], list[float]],
+                  peak: tuple[str, float] | None) -> dict:
+    """Rates over the timed steps of one system."""
+    timed, step_times = batches[warmup:], run["step_times"][warmup:]
+    seconds = sum(step_times)
+    samples = sum(len(b.indices) for b in timed)
+    real = sum(b.real_tokens for b in timed)
+    tokens = sum(b.tokens for b in timed)
+    model_flops, useful_flops = sum(flops[0][warmup:]) / seconds, sum(flops[1][warmup:]) / seconds
+    return {
+        "samples_per_second": samples / seconds,
+        "real_tokens_per_second": real / seconds,
+        "padded_tokens_per_second": tokens / seconds,
+        "padding_share": 1.0 - real / tokens,
+        "step_time_mean_s": seconds / len(step_times),
+        "step_time_std_s": statistics.stdev(step_times) if len(step_times) > 1 else 0.0,
+        "step_times_s": step_times,
+        "warmup_time_s": sum(run["step_times"][:warmup]),
+        "loss_first": run["losses"][0],
+        "loss_last": run["losses"][-1],
+        "losses": run["losses"],
+        "model_flops_per_second": model_flops,
+        "useful_flops_per_second": useful_flops,
+        "mfu": model_flops / peak[1] if peak else None,
+        "useful_mfu": useful_flops / peak[1] if peak else None,
+        "sample_order_sha256": _digest(run["indices"]),
+    }
+
+
+# ----------------------------------------------------------------------------- setup
+
+def resolve_model_config(name: str, task: str) -> tuple[ModelConfig, Path | None]:
+    """(config, checkpoint folder or None) for a --model_config name or folder."""
+    folder = None
+    if name in NAMED_CONFIGS:
+        config = config_from_dict(NAMED_CONFIGS[name], source=f"--model_config {name}")
+    else:
+        folder = Path(name)
+        if not (folder / "config.json").is_file():
+            raise BenchError(f"--model_config {name}: neither a named config ({', '.join(NAMED_CONFIGS)}) nor a "
+                             "checkpoint folder with config.json")
+        config = config_from_dict(json.loads((folder / "config.json").read_text()), source=str(folder))
+    hone_task = TASKS[task][0]
+    if hone_task not in MODEL_CLASSES[config.model_type]:
+        usable = [t for t, (ht, _, _) in TASKS.items() if ht in MODEL_CLASSES[config.model_type]]
+        raise BenchError(f"--task {task} is not available for {config.model_type} models "
+                         f"(--model_config {name}); {config.model_type} supports --task {', '.join(usable)}")
+    return config, folder
+
+
+def check_fit(config: ModelConfig, tokenizer: HoneTokenizer, seq_len: int, tokenizer_path: str) -> None:
+    positions = config.max_position_embeddings
+    if config.model_type == "roberta":  # positions start after the padding index
+        positions -= config.pad_token_id + 1
+    if seq_len > positions:
+        raise BenchError(f"--seq_len {seq_len} is longer than the model's {positions} positions; lower --seq_len")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise BenchError(f"--tokenizer {tokenizer_path} has {tokenizer.vocab_size} token ids but the model's "
+                         f"vocabulary has {config.vocab_size}: use the model's own tokenizer")
+
+
+def machine_info() -> dict:
+    """The machine, without its host name."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_cores": os.cpu_count(),
+            "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_supports_bf16(),
+            "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus}
+
+
+def versions() -> dict:
+    out = {"hone": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    for package in ("transformers", "tokenizers", "numpy"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def _systems(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SYSTEMS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise BenchError(f"--systems {text}: give each of {', '.join(SYSTEMS)} at most once, comma-separated")
+    return names
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
+    """Train both systems on the same samples and return the report (see benchmarks/README.md)."""
+    for flag in ("seq_len", "batch_size", "steps"):
+        if getattr(args, flag) < 1:
+            raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
+    systems = _systems(args.systems)
+    profile = resolve_profile(args.hardware, args.hardware_overrides)
+    device = torch.device(profile.device)
+    hone_task, auto_class, _ = TASKS[args.task]
+    config, folder = resolve_model_config(args.model_config, args.task)
+    if args.tokenizer is None and folder is None:
+        raise BenchError(f"--model_config {args.model_config} is built from scratch: pass --tokenizer DIR "
+                         "(a tokenizer folder, e.g. shared/data/tokenizers/roberta-base)")
+    tokenizer_path = args.tokenizer or str(folder)
+    tokenizer = load_tokenizer(tokenizer_path)
+    check_fit(config, tokenizer, args.seq_len, tokenizer_path)
+    data = load_data(args.task, Path(args.data), tokenizer, args)
+
+    overrides = {}
+    if args.dropout is not None:
+        overrides.update(dict.fromkeys(_DROPOUT_FIELDS[config.model_type], args.dropout))
+    if data.num_labels is not None:
+        overrides["num_labels"] = data.num_labels
+    if args.task == "glue" and config.model_type == "gpt2":
+        overrides["pad_token_id"] = data.pad_token_id  # GPT-2 finds each row's last token by it
+    torch.manual_seed(args.seed)
+    if folder is None:
+        model = build_model(config, hone_task, **overrides)
+    else:
+        model = load_model(folder, hone_task, ignore_mismatched_sizes=True, **overrides)
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    token_types = config.model_type == "bert"  # as the tokenizers' model_input_names: RoBERTa and GPT-2 take none
+
+    order = sample_order(len(data.rows), (args.warmup + args.steps) * args.batch_size, args.seed)
+    baseline = make_batches(data, order, args.batch_size, layout=data.baseline_padding, seq_len=args.seq_len,
+                            token_types=token_types)
+    flops = batch_flops(data, baseline, config, hone_task, args.seq_len)
+    peak = perf.device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if device.type == "cuda":
+        configure_tf32(profile.tf32)
+
+    reports = {}
+    with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
+        model.save_pretrained(tmp)  # both systems load these weights
+        del model
+        for name in systems:
+            memory = perf.PeakMemory(device)
+            memory.start()
+            torch.manual_seed(args.seed)
+            if name == "hone":
+                model = load_model(tmp, hone_task)
+                mode = args.mode or ("unpadded" if profile.unpad else "padded")
+                apply_hone_mode(model, mode)
+                batches = make_batches(data, order, args.batch_size, layout="dynamic" if mode == "padded" else mode,
+                                       seq_len=args.seq_len, token_types=token_types,
+                                       packer=PackCollator.for_config(config, args.seq_len, data.pad_token_id))
+                compiled = profile.compile
+            else:
+                model = load_transformers_model(Path(tmp), auto_class)
+                mode, batches, compiled = f"padded ({data.baseline_padding})", baseline, args.compile_baseline
+            if device.type == "cuda" and profile.pin_memory:
+                for b in batches:
+                    b.inputs = {k: v.pin_memory() for k, v in b.inputs.items()}
+            dynamic = mode != "padded" or len({tuple(b.inputs["input_ids"].shape) for b in batches}) > 1
+            run = train_steps(model, batches, profile, lr=args.learning_rate, warmup=args.warmup,
+                              compile_model=compiled, dynamic=dynamic, desc=f"{name} ({mode})")
+            reports[name] = {"mode": mode, "compiled": compiled, "fused_optimizer": run["fused_optimizer"],
+                             **system_report(run, batches, args.warmup, flops, peak),
+                             "peak_memory_bytes": memory.peak_bytes(), "peak_memory_kind": memory.kind}
+            del model, run
+
+    timed = baseline[args.warmup:]
+    real, padded = sum(b.real_tokens for b in timed), sum(b.tokens for b in timed)
+    dtype = autocast_dtype(profile)
+    report = {
+        "benchmark": "hone bench train",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine_info(),
+        "versions": versions(),
+        "settings": {
+            "task": args.task, "model_config": args.model_config, "data": args.data, "tokenizer": tokenizer_path,
+            "seq_len": args.seq_len, "doc_stride": args.doc_stride if args.task == "qa" else None,
+            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+            "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
+            "systems": systems, "mode": args.mode, "compile_baseline": args.compile_baseline,
+            "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
+            "hardware": asdict(profile),
+        },
+        "model": {
+            "model_type": config.model_type, "task": hone_task, "parameters": n_params,
+            "layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+            "matmul_parameters": dict(zip(("per_token", "per_sequence"), perf.matmul_params(config, hone_task))),
+            "train_flops_per_sample_at_seq_len": perf.train_flops(config, hone_task, args.seq_len),
+        },
+        "device_peak": None if peak is None else {"device": peak[0], "bf16_dense_flops_per_second": peak[1]},
+        "data": {
+            "rows": len(data.rows), "samples": len(order), "repeated": len(order) > len(data.rows),
+            "sample_order_sha256": _digest(order), "baseline_padding": data.baseline_padding,
+            "baseline_padding_share": 1.0 - real / padded,
+            "real_tokens_per_sample_mean": real / sum(len(b.indices) for b in timed),
+        },
+        "systems": reports,
+    }
+    if {"hone", "transformers"} <= reports.keys():
+        hone, base = reports["hone"], reports["transformers"]
+        report["hone_vs_transformers"] = {
+            "samples_per_second_ratio": hone["samples_per_second"] / base["samples_per_second"],
+            "peak_memory_ratio": hone["peak_memory_bytes"] / max(1, base["peak_memory_bytes"]),
+        }
+    return report
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hone bench", description="Benchmark hone against a transformers "
+                                     "baseline: same weights, samples, precision and training loop.")
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="{train}")
+    p = sub.add_parser("train", help="Time training steps of both systems.", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=list(TASKS), help="Which task head and data.")
+    p.add_argument("--model_config", required=True,
+                   help=f"A named config built with fresh weights ({', '.join(NAMED_CONFIGS)}) or a checkpoint "
+                        "folder (its real weights).")
+    p.add_argument("--data", required=True, help="qa: SQuAD json/jsonl; glue: .tsv; clm: raw text; "
+                                                 "mlm: text lines.")
+    p.add_argument("--tokenizer", help="Tokenizer folder (default: the checkpoint folder).")
+    p.add_argument("--seq_len", type=int, default=384, help="max_seq_length / block size.")
+    p.add_argument("--doc_stride", type=int, default=128, help="qa: tokens shared by consecutive windows.")
+    p.add_argument("--batch_size", type=int, default=16, help="Micro batch, in samples, for both systems.")
+    p.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    p.add_argument("--warmup", type=int, default=2, help="Untimed steps first (compilation, caches).")
+    p.add_argument("--hardware", default="auto", help="Hardware profile: cpu, cpu-bf16, a100, h100, auto or YAML.")
+    p.add_argument("--hardware_overrides", help="Edit the profile: 'k=v,k=v'.")
+    p.add_argument("--systems", default="hone,transformers", help="Which systems, in run order.")
+    p.add_argument("--mode", choices=MODES, help="hone's execution mode (default: the profile's fastest).")
+    p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
+    p.add_argument("--learning_rate", "--lr", type=float, default=5e-5, help="AdamW learning rate (both).")
+    p.add_argument("--dropout", type=float, help="Set every dropout of the model (default: its config's).")
+    p.add_argument("--seed", type=int, default=42, help="Sample order, fresh weights, masking.")
+    p.add_argument("--out", help="JSON file to write (default benchmarks/results/bench-<task>-<model>-"
+                                 "<hardware>-<date>.json).")
+    return parser.parse_args(argv)
+
+
+def default_out(args: argparse.Namespace, report: dict) -> Path:
+    model = args.model_config if args.model_config in NAMED_CONFIGS else Path(args.model_config).resolve().name
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("benchmarks") / "results" / f"bench-{args.task}-{model}-{report['settings']['hardware']['name']}-{stamp}.json"
+
+
+def summary(report: dict) -> str:
+    lines = []
+    for name, r in report["systems"].items():
+        lines.append(f"{name:>12} ({r['mode']}): {r['samples_per_second']:.2f} samples/s, "
+                     f"{r['real_tokens_per_second']:.0f} real tokens/s, step {r['step_time_mean_s']:.3f} "
+                     f"+- {r['step_time_std_s']:.3f} s, peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB, "
+                     f"loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}")
+    if "hone_vs_transformers" in report:
+        lines.append(f"hone / transformers: {report['hone_vs_transformers']['samples_per_second_ratio']:.2f}x "
+                     f"samples/s (baseline padding share {report['data']['baseline_padding_share']:.1%})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        report = run_benchmark(args, command=shlex.join(["hone", "bench", *argv]))
+    except USER_ERRORS as err:
+        log.error("hone bench: error: %s", err)
+        return 2
+    out = Path(args.out) if args.out else default_out(args, report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    log.info("%s\nwritten to %s", summary(report), out)
+    return 0

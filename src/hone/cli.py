@@ -1,0 +1,64 @@
+"""The `hone` command: a table of subcommands, each handed to a recipe.
+
+No logic lives here: every entry names a module with a `main(argv) -> int`. Errors hone
+raises on purpose (HoneError) print as one line; HONE_DEBUG=1 shows their traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from hone import __version__
+from hone.errors import HoneError
+
+# name -> (module with main(argv), one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("hone.tasks.demo", "Train + evaluate QA end to end on built-in data (no download)."),
+    "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
+    "squad-eval": ("hone.tasks.squad_eval", "Official SQuAD v1.1/v2.0 evaluation of a predictions file."),
+    "bench": ("hone.bench", "Benchmark hone against a transformers baseline."),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = [
+        "usage: hone <command> [options]",
+        "",
+        "Pre-train, fine-tune, evaluate and benchmark Transformer language models.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "options:", "  -h, --help     show this message", "  --version      print the version",
+              "", "Run `hone <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"hone {__version__}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"hone: unknown command '{name}'. Commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except HoneError as e:
+        if os.environ.get("HONE_DEBUG"):
+            raise
+        print(f"hone {name}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `hone ... | head`
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,65 @@
+"""Dynamic padding: pad each batch only to its own longest row, not to max_seq_length.
+
+Shared by every task. Rows are dicts of 1-D sequences (numpy arrays, lists or tensors)
+and scalars; sequences are padded to a common length and stacked, scalars are stacked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+# Padding value per sequence field; `input_ids` gets the tokenizer's pad id, any field
+# named `labels` or ending in `_labels` gets -100 (ignored by cross-entropy), the rest 0.
+_IGNORE_INDEX = -100
+
+
+def _pad_value(key: str, pad_token_id: int) -> int:
+    if key == "input_ids":
+        return pad_token_id
+    if key == "labels" or key.endswith("_labels"):
+        return _IGNORE_INDEX
+    return 0
+
+
+def pad_collate(rows: Sequence[dict], pad_token_id: int,
+                pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """Batch `rows`: pad 1-D fields to the longest row (rounded up to `pad_to_multiple_of`),
+    stack scalar fields. Integer fields become int64 tensors, floating ones float32."""
+    if not rows:
+        raise ValueError("pad_collate got an empty batch")
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of}")
+    columns = {key: [np.asarray(row[key]) for row in rows] for key in rows[0]}
+    seq_len = max((len(v) for values in columns.values() for v in values if v.ndim == 1), default=0)
+    if pad_to_multiple_of:
+        seq_len = -(-seq_len // pad_to_multiple_of) * pad_to_multiple_of
+
+    batch = {}
+    for key, values in columns.items():
+        dtype = np.float32 if any(np.issubdtype(v.dtype, np.floating) for v in values) else np.int64
+        ndims = {v.ndim for v in values}
+        if ndims == {0}:
+            batch[key] = torch.from_numpy(np.stack(values).astype(dtype))
+        elif ndims == {1}:
+            out = np.full((len(values), seq_len), _pad_value(key, pad_token_id), dtype=dtype)  # (B, T)
+            for i, v in enumerate(values):
+                out[i, : len(v)] = v
+            batch[key] = torch.from_numpy(out)
+        else:
+            raise ValueError(f"pad_collate: field {key!r} must be a scalar or a 1-D sequence in every row, "
+                             f"got ndim {sorted(ndims)}")
+    return batch
+
+
+class Collator:
+    """`pad_collate` with its pad id and multiple bound; picklable for DataLoader workers."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        return pad_collate(rows, self.pad_token_id, self.pad_to_multiple_of)

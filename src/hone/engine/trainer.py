@@ -1,0 +1,590 @@
+"""The training loop shared by every task.
+
+It trains "a model whose forward(**batch) returns an object with `.loss`" (hone's models
+and transformers' alike) on "a dataset + collate function", and calls back into the task
+for evaluation. What it does per optimizer step:
+
+    for each of the step's micro batches (DDP gradient sync only on the last):
+        loss = model(**batch).loss                        # under autocast (bf16/fp16)
+        scaler.scale(loss / n_micro).backward()           # fp16: scaled loss
+    unscale, clip to max_grad_norm, optimizer.step(), scheduler.step(), zero_grad
+
+Gradient accumulation: each micro batch's loss is divided by the number of micro
+batches in the step (gradient_accumulation_steps, fewer only in an epoch's last step), so
+the gradient is the mean of the micro-batch mean losses: batch 8 x accumulation 1 and
+batch 4 x accumulation 2 give the same update. The logged step loss is that same mean.
+
+Data order: every epoch is a permutation of the dataset drawn from a generator seeded
+with `seed + epoch`; each optimizer step takes the next micro_batch x accumulation x
+world_size indices of it, and under DDP rank r takes every world_size-th of them from
+position r. The position is kept in samples, so a resume (even with another world size)
+continues the same sequence.
+
+The loop does not wait for the device between steps: the running loss, the non-finite
+loss flag and the grad norm stay device tensors and are read at logging steps. fp16 is
+the exception: deciding whether to skip an overflowing step needs one read per step (as
+torch.amp.GradScaler itself does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from hone.errors import HoneError
+from hone import reporting
+from hone.config import TrainingArguments, effective_batch_sizes, validate_training_args
+from hone.engine import checkpointing, distributed
+from hone.engine.optim import build_optimizer, build_scheduler
+from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
+from hone.hardware import HardwareProfile
+
+
+class TrainingDivergedError(HoneError, RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class OutputDirError(HoneError, ValueError):
+    """output_dir already holds files and the run was not told to reuse them."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- data order
+
+@dataclass
+class StepPlan:
+    """One optimizer step on this rank: its micro batches (dataset indices) and the
+    number of permutation positions it consumes across all ranks."""
+    micro_batches: list[list[int]]
+    samples: int
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's micro batches for the steps from a position in an epoch.
+
+    Call `set_position(epoch, start)` before iterating (the DataLoader iterates it). An
+    epoch covers every sample (the last step may be short) or, with drop_last, only whole
+    steps. Under DDP a short last step is padded with the epoch's first indices so every
+    rank gets the same number of micro batches, as DistributedSampler does.
+    """
+
+    def __init__(self, num_samples: int, micro_batch_size: int, accumulation_steps: int, seed: int, *,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False):
+        self.num_samples = num_samples
+        self.micro_batch_size = micro_batch_size
+        self.accumulation_steps = accumulation_steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.plan: list[StepPlan] = []
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.accumulation_steps * self.world_size
+
+    @property
+    def epoch_length(self) -> int:
+        """Permutation positions one epoch consumes."""
+        if self.drop_last:
+            return self.num_samples // self.global_batch_size * self.global_batch_size
+        return self.num_samples
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.epoch_length / self.global_batch_size)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def set_position(self, epoch: int, start: int) -> list[StepPlan]:
+        """Plan the rest of `epoch` from permutation position `start`; returns the steps."""
+        perm = self.permutation(epoch)
+        self.plan = []
+        for pos in range(start, self.epoch_length, self.global_batch_size):
+            chunk = perm[pos:min(pos + self.global_batch_size, self.epoch_length)]
+            samples = len(chunk)
+            if samples % self.world_size:
+                chunk = torch.cat([chunk, perm[:self.world_size - samples % self.world_size]])
+            share = chunk[self.rank::self.world_size].tolist()
+            micro = [share[i:i + self.micro_batch_size] for i in range(0, len(share), self.micro_batch_size)]
+            self.plan.append(StepPlan(micro, samples))
+        return self.plan
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self.plan:
+            yield from step.micro_batches
+
+    def __len__(self) -> int:
+        return sum(len(step.micro_batches) for step in self.plan)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> dict:
+    if not isinstance(batch, Mapping):
+        raise TypeError("collate_fn must return a mapping of model inputs (the model is called as "
+                        f"forward(**batch)), got {type(batch).__name__}.")
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def _loss_of(output: Any) -> torch.Tensor:
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if loss is None:
+        raise ValueError("the model returned no loss: the training batches must include the labels "
+                         "(labels, start_positions/end_positions, next_sentence_label, ...).")
+    return loss
+
+
+def _to_host(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    return (t.float() if t.is_floating_point() else t).cpu().numpy()
+
+
+def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,
+            profile: HardwareProfile) -> Iterator[dict[str, np.ndarray]]:
+    """Run `model` over `dataset` in order and yield each batch's outputs on the host.
+
+    Float tensors come back as float32 numpy arrays, so evaluation never keeps logits on
+    the device. Uses the device the model is on and the profile's autocast; the model's
+    train/eval mode is restored afterwards.
+    """
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                        pin_memory=profile.pin_memory and device.type == "cuda",
+                        generator=torch.Generator())  # leaves the global RNG (dropout stream) alone
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                with autocast(profile):
+                    out = model(**_to_device(batch, device, non_blocking=True))
+                yield {k: _to_host(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    finally:
+        model.train(was_training)
+
+
+def check_output_dir(args: TrainingArguments) -> None:
+    """Refuse to train into a non-empty output_dir unless told to reuse it (as transformers does).
+
+    The Trainer checks on construction; a task may call it first to fail before loading data.
+    """
+    out = Path(args.output_dir)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise OutputDirError(
+            f"output_dir '{out}' already exists and is not empty. Pass --overwrite_output_dir to train "
+            "into it anyway, --resume_from_checkpoint latest to continue its newest checkpoint, or "
+            "choose another --output_dir.")
+
+
+class TrainerCallback:
+    """Hooks into the loop (all optional): subclass and override what you need."""
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        """After optimizer step `step` (1-based), before logging, evaluation and saving."""
+
+    def on_log(self, trainer: Trainer, record: dict) -> None:
+        """After a log record (training or evaluation) is written."""
+
+    def on_save(self, trainer: Trainer, checkpoint: Path) -> None:
+        """After a checkpoint folder is complete (rank 0 only)."""
+
+
+@dataclass
+class TrainerState:
+    """What trainer_state.json holds: where training is, in steps and in samples."""
+    global_step: int = 0
+    epoch: float = 0.0            # epochs done, fractional
+    epoch_index: int = 0          # the epoch in progress
+    epoch_samples: int = 0        # permutation positions of that epoch already consumed
+    samples_seen: int = 0         # all ranks, all epochs
+    total_loss: float = 0.0       # sum of step losses (train_loss = total_loss / global_step)
+    skipped_steps: int = 0        # fp16 steps skipped for non-finite gradients
+    world_size: int = 1
+    global_batch_size: int = 0
+    log_history: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Train `model` on `train_dataset` as `args` and the hardware `profile` say.
+
+    `collate_fn(list of dataset items) -> dict` of model inputs with labels;
+    `eval_fn(model) -> dict` is the task's evaluation, called every `args.eval_steps`
+    (on every rank, with the bare model) and by `evaluate()`.
+
+    Writes to output_dir (rank 0): checkpoint-{step}/ every save_steps and at the end,
+    the final model, log.jsonl (per logging step: step, epoch, loss = mean step loss since
+    the previous record, learning_rate = the lr the step used, grad_norm before clipping,
+    samples_per_second, skipped_steps; eval records carry the eval metrics instead),
+    runs/ (TensorBoard, report_to="tensorboard"), loss_curve.png, train_results.json.
+    """
+
+    def __init__(self, model: nn.Module, args: TrainingArguments, profile: HardwareProfile,
+                 train_dataset, collate_fn: Callable, eval_fn: Callable[[nn.Module], dict] | None = None,
+                 callbacks: Sequence[TrainerCallback] = ()):
+        validate_training_args(args)
+        self.args, self.profile = args, profile
+        self.eval_fn = eval_fn
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(args.output_dir)
+        self.report_to = args.report_to.lower()
+        if self.report_to not in ("none", "tensorboard"):
+            raise ValueError(f"report_to must be 'none' or 'tensorboard', got '{args.report_to}'.")
+        self.dist = distributed.init_distributed(profile)
+        self.is_main = self.dist.is_main
+        check_output_dir(args)
+        distributed.barrier()  # every rank has checked before rank 0 writes anything
+
+        set_seed(args.seed)
+        if self.dist.device.type == "cuda":
+            configure_tf32(profile.tf32)
+        elif profile.tf32:
+            warnings.warn(f"hardware profile '{profile.name}': tf32 only applies on CUDA GPUs; ignored.", stacklevel=2)
+        if profile.activation_checkpointing:
+            self._enable_activation_checkpointing(model)
+        self.model = model.to(self.dist.device)
+        self.model.train()
+
+        self.micro_batch_size, self.accumulation_steps, self.global_batch_size = effective_batch_sizes(
+            args, profile, self.dist.world_size)
+        if len(train_dataset) == 0:
+            raise ValueError("the training dataset is empty.")
+        self.train_dataset = train_dataset
+        self.sampler = StepBatchSampler(len(train_dataset), self.micro_batch_size, self.accumulation_steps,
+                                        args.seed, rank=self.dist.rank, world_size=self.dist.world_size,
+                                        drop_last=args.dataloader_drop_last)
+        if self.sampler.steps_per_epoch == 0:
+            raise ValueError(
+                f"dataloader_drop_last with {len(train_dataset)} samples and a total batch of "
+                f"{self.global_batch_size} leaves no step; lower the batch size or turn off dataloader_drop_last.")
+        workers = args.dataloader_num_workers
+        self.loader = DataLoader(
+            train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn, num_workers=workers,
+            pin_memory=profile.pin_memory and self.dist.device.type == "cuda",
+            prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+            # its own generator: worker seeds must not draw from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(args.seed))
+        self.total_steps = (args.max_steps if args.max_steps > 0
+                            else math.ceil(args.num_train_epochs * self.sampler.steps_per_epoch))
+
+        self.optimizer = build_optimizer(self.model, args, profile)
+        self.scheduler = build_scheduler(self.optimizer, args, self.total_steps)
+        self.scaler = build_loss_scaler(profile)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._ddp = distributed.wrap_model(self.model, self.dist)
+        self.train_model: nn.Module = torch.compile(self._ddp) if profile.compile else self._ddp
+
+        self.state = TrainerState(world_size=self.dist.world_size, global_batch_size=self.global_batch_size)
+        self.last_checkpoint: Path | None = None
+
+    # --------------------------------------------------------------------- setup
+
+    def _enable_activation_checkpointing(self, model: nn.Module) -> None:
+        # hone's name, then transformers' (5.x, 4.x)
+        for method in ("enable_activation_checkpointing", "activation_checkpointing_enable",
+                       "gradient_checkpointing_enable"):
+            if callable(getattr(model, method, None)):
+                getattr(model, method)()
+                return
+        warnings.warn(f"hardware profile '{self.profile.name}' asks for activation checkpointing but "
+                      f"{type(model).__name__} has no enable_activation_checkpointing(); training without it.",
+                      stacklevel=3)
+
+    # --------------------------------------------------------------------- train
+
+    def train(self) -> dict:
+        """Run training to `total_steps`; returns the train metrics (also printed and saved)."""
+        args = self.args
+        rng_state = self._resume() if args.resume_from_checkpoint else None
+        state = self.state
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            checkpointing.remove_stale_temp_dirs(self.output_dir)
+        self._open_logs()
+        device = self.dist.device
+        self._window_loss = torch.zeros((), device=device)
+        self._total_loss = torch.tensor(state.total_loss, device=device)
+        self._first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=device)
+        self._grad_norm = torch.zeros((), device=device)
+        self._lr = max(g["lr"] for g in self.optimizer.param_groups)
+        self._window_first, self._window_samples, self._window_start = state.global_step, 0, time.perf_counter()
+        start_step, start_samples, start_time = state.global_step, state.samples_seen, time.perf_counter()
+        last_saved = state.global_step if args.resume_from_checkpoint else None
+        if rng_state is not None:
+            checkpointing.restore_rng_state(rng_state)
+        try:
+            while state.global_step < self.total_steps:
+                plan = self.sampler.set_position(state.epoch_index, state.epoch_samples)
+                batches = iter(self.loader)
+                for step in plan:
+                    self._train_step(batches, step)
+                    if state.global_step % args.logging_steps == 0 or state.global_step == self.total_steps:
+                        self._log_step()
+                    if self.eval_fn is not None and args.eval_steps and state.global_step % args.eval_steps == 0:
+                        self.evaluate()
+                    if args.save_steps > 0 and state.global_step % args.save_steps == 0:
+                        self._save_checkpoint()
+                        last_saved = state.global_step
+                    if state.global_step >= self.total_steps:
+                        break
+                if state.epoch_samples >= self.sampler.epoch_length or not plan:
+                    state.epoch_index, state.epoch_samples = state.epoch_index + 1, 0
+            if last_saved != state.global_step:
+                self._save_checkpoint()
+            runtime = time.perf_counter() - start_time
+            if self.is_main:
+                checkpointing.save_model(self.model, self.output_dir)
+                self._plot_loss_curve()
+        finally:
+            self._close_logs()
+
+        steps, samples = state.global_step - start_step, state.samples_seen - start_samples
+        metrics = {
+            "epoch": round(state.epoch, 4),
+            "train_loss": state.total_loss / max(1, state.global_step),
+            "train_runtime": round(runtime, 4),
+            "train_samples": len(self.train_dataset),
+            "train_samples_per_second": round(samples / max(runtime, 1e-9), 3),
+            "train_steps_per_second": round(steps / max(runtime, 1e-9), 3),
+        }
+        if self.profile.precision == "fp16":
+            metrics["train_skipped_steps"] = state.skipped_steps
+        if self.is_main:
+            reporting.log_metrics("train", metrics)
+            reporting.save_metrics(self.output_dir, "train", metrics)
+        return metrics
+
+    def _train_step(self, batches: Iterator[dict], plan: StepPlan) -> None:
+        state, args = self.state, self.args
+        device, n = self.dist.device, len(plan.micro_batches)
+        non_blocking = self.loader.pin_memory
+        step_loss = torch.zeros((), device=device)
+        for i in range(n):
+            batch = _to_device(next(batches), device, non_blocking)
+            # DDP all-reduces gradients only on the step's last micro batch
+            sync = nullcontext() if i == n - 1 or self._ddp is self.model else self._ddp.no_sync()
+            with sync:
+                with autocast(self.profile):
+                    loss = _loss_of(self.train_model(**batch))
+                self.scaler.scale(loss / n).backward()
+            step_loss += loss.detach().float()
+        step_loss /= n
+
+        step = state.global_step + 1
+        logging_step = step % args.logging_steps == 0 or step == self.total_steps
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
+        if args.max_grad_norm > 0:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self._params, args.max_grad_norm)
+        elif self.scaler.is_enabled() or logging_step:
+            self._grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        self._lr = max(g["lr"] for g in self.optimizer.param_groups)  # the lr this step uses
+        if self.scaler.is_enabled():
+            finite = bool(torch.isfinite(self._grad_norm))  # the one host read fp16 needs per step
+            if finite:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+            finite = True
+        if finite:
+            self.scheduler.step()
+        else:
+            state.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # device-side bookkeeping: no host sync
+        bad = ~torch.isfinite(step_loss)
+        self._first_bad = torch.where(bad & (self._first_bad == _NO_BAD_STEP),
+                                      torch.full_like(self._first_bad, step), self._first_bad)
+        self._window_loss += step_loss
+        self._total_loss += step_loss
+
+        state.global_step = step
+        state.samples_seen += plan.samples
+        state.epoch_samples += plan.samples
+        state.epoch = state.epoch_index + state.epoch_samples / self.sampler.epoch_length
+        self._window_samples += plan.samples
+        if self._pbar is not None:
+            self._pbar.update(1)
+        for cb in self.callbacks:
+            cb.on_step_end(self, step)
+
+    # --------------------------------------------------------------------- logging
+
+    def _open_logs(self) -> None:
+        self._pbar = self._log_file = self._tb = None
+        if not self.is_main:
+            return
+        log_path = self.output_dir / "log.jsonl"
+        # rewrite from the checkpoint's history: records past it belong to the interrupted run
+        self._log_file = log_path.open("w")
+        for record in self.state.log_history:
+            self._log_file.write(json.dumps(record, default=checkpointing.json_default) + "\n")
+        self._log_file.flush()
+        if self.report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("report_to='tensorboard' needs the tensorboard package: "
+                                  "pip install 'hone[tensorboard]'.") from None
+            self._tb = SummaryWriter(str(self.output_dir / "runs"))
+        if not self.args.disable_tqdm:
+            self._pbar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="train",
+                              unit="step", dynamic_ncols=True)
+
+    def _close_logs(self) -> None:
+        for handle in (self._pbar, self._log_file, self._tb):
+            if handle is not None:
+                handle.close()
+        self._pbar = self._log_file = self._tb = None
+
+    def _write_record(self, record: dict) -> None:
+        self.state.log_history.append(record)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(record, default=checkpointing.json_default) + "\n")
+            self._log_file.flush()
+        if self._tb is not None:
+            prefix = "train" if "loss" in record else "eval"
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        for cb in self.callbacks:
+            cb.on_log(self, record)
+
+    def _read(self, loss: torch.Tensor) -> tuple[float, float]:
+        """Host values of `loss` (mean over ranks) and of the last grad norm, in one sync.
+
+        Raises TrainingDivergedError when any rank has seen a non-finite loss.
+        """
+        loss = distributed.all_reduce(loss, "mean")
+        first_bad = distributed.all_reduce(self._first_bad, "min")
+        loss, first_bad, grad_norm = torch.stack([loss.double(), first_bad.double(),
+                                                  self._grad_norm.double()]).tolist()
+        if first_bad != _NO_BAD_STEP:
+            self._diverged(int(first_bad))
+        return loss, grad_norm
+
+    def _diverged(self, step: int) -> None:
+        where = (f"The last good checkpoint is {self.last_checkpoint}; resume from it "
+                 f"(--resume_from_checkpoint {self.last_checkpoint})"
+                 if self.last_checkpoint else "No checkpoint was saved before it; restart")
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became NaN or infinite at step {step} (seen at step "
+            f"{self.state.global_step}). {where} with a lower learning rate, more warmup, a smaller "
+            "max_grad_norm or bf16/fp32 precision.")
+
+    def _log_step(self) -> None:
+        state = self.state
+        loss_sum, grad_norm = self._read(self._window_loss)
+        now = time.perf_counter()
+        record = {
+            "step": state.global_step,
+            "epoch": round(state.epoch, 4),
+            "loss": loss_sum / (state.global_step - self._window_first),
+            "learning_rate": self._lr,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "samples_per_second": round(self._window_samples / max(now - self._window_start, 1e-9), 3),
+            "skipped_steps": state.skipped_steps,
+        }
+        self._window_loss.zero_()
+        self._window_first, self._window_samples, self._window_start = state.global_step, 0, now
+        if self.is_main:
+            self._write_record(record)
+            if self._pbar is not None:
+                self._pbar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
+                                       samples_s=f"{record['samples_per_second']:.1f}", refresh=False)
+            elif self.args.disable_tqdm:
+                print(json.dumps(record), flush=True)
+
+    def _plot_loss_curve(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        points = [(r["step"], r["loss"]) for r in self.state.log_history if r.get("loss") is not None]
+        fig = Figure(figsize=(6, 4))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{type(self.model).__name__}: training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.output_dir / "loss_curve.png", dpi=100)
+
+    # --------------------------------------------------------------------- evaluation
+
+    def evaluate(self) -> dict:
+        """The task's eval_fn on the bare model; logged with the current step."""
+        if self.eval_fn is None:
+            raise ValueError("this Trainer was built without an eval_fn.")
+        metrics = self.eval_fn(self.model)
+        self.model.train()
+        if self.is_main:
+            self._write_record({"step": self.state.global_step, "epoch": round(self.state.epoch, 4), **metrics})
+        return metrics
+
+    # --------------------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self) -> None:
+        state = self.state
+        state.total_loss, _ = self._read(self._total_loss)  # also: a diverged run writes no checkpoint
+        rng_states = distributed.gather_objects(checkpointing.capture_rng_state())
+        if self.is_main:
+            path = checkpointing.save_checkpoint(
+                self.output_dir, state.global_step, model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler, scaler=self.scaler, state=asdict(state), rng_states=rng_states)
+            checkpointing.rotate_checkpoints(self.output_dir, self.args.save_total_limit, keep=path)
+            for cb in self.callbacks:
+                cb.on_save(self, path)
+        distributed.barrier()
+        self.last_checkpoint = self.output_dir / f"{checkpointing.CHECKPOINT_PREFIX}{state.global_step}"
+
+    def _resume(self) -> dict | None:
+        path = checkpointing.resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
+        saved, rng_state = checkpointing.load_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            rank=self.dist.rank)
+        self.state = TrainerState(**saved)
+        if self.state.global_batch_size != self.global_batch_size:
+            warnings.warn(f"resuming {path} with a total batch of {self.global_batch_size} instead of "
+                          f"{self.state.global_batch_size}: the data order continues, in different steps.",
+                          stacklevel=3)
+        if rng_state is None:
+            warnings.warn(f"{path} holds no RNG state for rank {self.dist.rank} (it was saved by "
+                          f"{self.state.world_size} process(es)): dropout will differ from an uninterrupted run.",
+                          stacklevel=3)
+        self.state.world_size, self.state.global_batch_size = self.dist.world_size, self.global_batch_size
+        self.last_checkpoint = path
+        if self.is_main:
+            print(f"Resuming from {path} at step {self.state.global_step} (epoch {self.state.epoch:.4f}).", flush=True)
+        return rng_state
+
+
+_NO_BAD_STEP = 2**62  # "no non-finite loss yet" for the device-side first-bad-step tracker

@@ -1,0 +1,331 @@
+"""Hardware profiles: what the seeds' IPUConfig was, for GPUs and CPUs.
+
+A profile says how to run (device, precision, kernels, memory savers), never what to
+train. It comes from a built-in name (`PROFILES`), "auto" (detected), or a user YAML
+file (`base: h100` plus any fields), and is then edited by `--hardware_overrides
+"k=v,k=v"`. The seeds' IPUConfig fields that still mean something here are translated in
+one place, `ipu_overrides_to_hardware`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import types
+import typing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from hone.errors import HoneError
+
+log = logging.getLogger("hone")
+
+
+@dataclass
+class HardwareProfile:
+    name: str = "cpu"
+    device: str = "cpu"                       # cpu | cuda
+    precision: str = "fp32"                   # fp32 | bf16 | fp16
+    loss_scaling: str = "dynamic"             # fp16 only: "dynamic" or a number (static scale)
+    tf32: bool = False
+    compile: bool = False                     # torch.compile the model
+    attention: str = "sdpa"                   # sdpa | flash | math | varlen
+    unpad: bool = False                       # drop padding tokens before the layers
+    activation_checkpointing: bool = False    # recompute every layer in backward
+    fused_optimizer: bool = False             # torch's fused AdamW / our fused LAMB
+    replicas: int = 1                         # data-parallel replicas (torchrun world size)
+    micro_batch_size: int | None = None       # default per_device_train_batch_size
+    gradient_accumulation_steps: int | None = None  # default accumulation
+    pin_memory: bool = False
+
+    @property
+    def static_loss_scale(self) -> float | None:
+        """The fixed fp16 loss scale, or None for dynamic scaling (and for bf16/fp32)."""
+        if self.precision != "fp16" or self.loss_scaling == "dynamic":
+            return None
+        return float(self.loss_scaling)
+
+
+class HardwareError(HoneError, ValueError):
+    """A hardware profile that cannot be built or used; the message names the source and the fix."""
+
+
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ATTENTIONS = ("sdpa", "flash", "math", "varlen")
+
+_GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="flash", unpad=True,
+            fused_optimizer=True, pin_memory=True)
+PROFILES: dict[str, HardwareProfile] = {
+    "cpu": HardwareProfile(name="cpu", unpad=True),
+    # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md).
+    "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True),
+    "a100": HardwareProfile(name="a100", **_GPU),
+    "h100": HardwareProfile(name="h100", **_GPU),
+}
+_NAMES = (*PROFILES, "auto")
+
+
+# ----------------------------------------------------------------------------- typed values
+
+def parse_bool(text: str) -> bool:
+    """transformers' truthy strings: yes/no, true/false, t/f, y/n, 1/0 (any case)."""
+    low = text.strip().lower()
+    if low in ("yes", "true", "t", "y", "1"):
+        return True
+    if low in ("no", "false", "f", "n", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def convert_value(value: Any, tp: Any) -> Any:
+    """`value` (a string from a command line, or a YAML/JSON scalar) as type `tp`.
+
+    Shared by profile overrides, profile files and the config-file loader in config.py.
+    Supports bool, int, float, str, `X | None` ("none"/"null" -> None) and list[X].
+    Raises ValueError with a short "expected ..." message; callers add where it came from.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        if len(args) != 1:
+            raise TypeError(f"unsupported field type {tp}")
+        return convert_value(value, args[0])
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [convert_value(v, item) for v in values]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            return parse_bool(value)
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported field type {tp}")
+
+
+def _suggest(word: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+_FIELD_TYPES = typing.get_type_hints(HardwareProfile)
+
+
+def _edit(profile: HardwareProfile, values: dict[str, Any], where: str) -> HardwareProfile:
+    """`profile` with `values` applied, each converted by its field's type."""
+    typed = {}
+    for key, raw in values.items():
+        if key not in _FIELD_TYPES:
+            raise HardwareError(f"{where}: unknown hardware field '{key}'{_suggest(key, _FIELD_TYPES)}. "
+                                f"Valid fields: {', '.join(_FIELD_TYPES)}")
+        try:
+            typed[key] = convert_value(raw, _FIELD_TYPES[key])
+        except ValueError as e:
+            raise HardwareError(f"{where}: field '{key}': {e}") from None
+    return replace(profile, **typed)
+
+
+def parse_overrides(text: str | None, flag: str = "--hardware_overrides") -> dict[str, str]:
+    """'k=v,k=v' -> {k: v} (strings; later keys win). Empty items are skipped."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HardwareError(f"{flag}: '{item.strip()}' is not 'key=value' "
+                                f"(example: {flag} \"k=v,k=v\")")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ----------------------------------------------------------------------------- detection
+
+def profile_for_device(device_name: str | None, capability: tuple[int, int] | None = None) -> HardwareProfile:
+    """The profile "auto" picks for a CUDA device (None: no CUDA -> cpu)."""
+    if device_name is None:
+        return replace(PROFILES["cpu"])
+    if any(tag in device_name.upper() for tag in ("H100", "H200", "GH200")):
+        return replace(PROFILES["h100"])
+    profile = replace(PROFILES["a100"])
+    if capability is not None and capability < (8, 0):
+        # Pre-Ampere: no bf16, no TF32, no flash kernels.
+        profile = replace(profile, precision="fp16", loss_scaling="dynamic", tf32=False, attention="sdpa")
+    return profile
+
+
+def cpu_supports_bf16() -> bool:
+    """True when /proc/cpuinfo lists avx512_bf16 or AMX (where cpu-bf16 pays off)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def _report_once(message: str) -> None:
+    log.info(message)
+
+
+def detect_profile() -> HardwareProfile:
+    """The "auto" profile for this machine (what it picked is reported once per process)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if cpu_supports_bf16():
+            _report_once("hardware auto: no CUDA GPU -> cpu profile (this CPU has bf16 units: "
+                         "--hardware cpu-bf16 is ~2x faster on matmuls)")
+        return profile_for_device(None)
+    name = torch.cuda.get_device_name(0)
+    profile = profile_for_device(name, torch.cuda.get_device_capability(0))
+    _report_once(f"hardware auto: {name} -> {profile.name} profile ({profile.precision})")
+    return profile
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate_profile(profile: HardwareProfile, *, check_device: bool = True) -> HardwareProfile:
+    """Raise HardwareError for values that cannot work; with check_device, for a missing GPU too."""
+    where = f"hardware profile '{profile.name}'"
+    for key, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
+        value = getattr(profile, key)
+        if value not in allowed:
+            raise HardwareError(f"{where}: {key} must be one of {', '.join(allowed)}, "
+                                f"got '{value}'{_suggest(value, allowed)}")
+    if profile.loss_scaling != "dynamic":
+        try:
+            ok = float(profile.loss_scaling) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise HardwareError(f"{where}: loss_scaling must be 'dynamic' or a positive number, "
+                                f"got '{profile.loss_scaling}'")
+    for key in ("replicas", "micro_batch_size", "gradient_accumulation_steps"):
+        value = getattr(profile, key)
+        if value is not None and value < 1:
+            raise HardwareError(f"{where}: {key} must be >= 1, got {value}")
+    if check_device and profile.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise HardwareError(f"{where} needs a CUDA GPU, but torch {torch.__version__} sees none "
+                                "(torch.cuda.is_available() is False). Use --hardware cpu "
+                                "(or cpu-bf16, or auto).")
+        if profile.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise HardwareError(f"{where}: {torch.cuda.get_device_name(0)} has no bf16 support; "
+                                "use --hardware_overrides precision=fp16 (or --hardware auto).")
+    return profile
+
+
+# ----------------------------------------------------------------------------- resolution
+
+def load_profile_file(path: str | Path) -> HardwareProfile:
+    """A user YAML profile: optional `base: <builtin or auto>` plus any HardwareProfile fields."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise HardwareError(f"hardware profile file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise HardwareError(f"hardware profile file {path} is not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HardwareError(f"hardware profile file {path} must be a mapping of field: value, "
+                            f"got {type(data).__name__}")
+    base = str(data.pop("base", "cpu"))
+    if base not in _NAMES:
+        raise HardwareError(f"{path}: base '{base}' is not a built-in profile{_suggest(base, _NAMES)}; "
+                            f"choose one of {', '.join(_NAMES)}")
+    profile = detect_profile() if base == "auto" else replace(PROFILES[base])
+    data.setdefault("name", path.stem)
+    return _edit(profile, data, where=str(path))
+
+
+def resolve_profile(name_or_path: str = "auto", overrides: str | None = None, *,
+                    check_device: bool = True) -> HardwareProfile:
+    """The profile to run with: built-in name, "auto" or YAML file, then `overrides` ("k=v,k=v").
+
+    check_device=False skips the "is the GPU there?" checks (to inspect a GPU profile on a CPU).
+    """
+    if name_or_path == "auto":
+        profile = detect_profile()
+    elif name_or_path in PROFILES:
+        profile = replace(PROFILES[name_or_path])
+    elif name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file():
+        profile = load_profile_file(name_or_path)
+    else:
+        raise HardwareError(f"unknown hardware profile '{name_or_path}'{_suggest(name_or_path, _NAMES)}: "
+                            f"use one of {', '.join(_NAMES)} or a YAML file path")
+    profile = _edit(profile, parse_overrides(overrides), where="--hardware_overrides")
+    return validate_profile(profile, check_device=check_device)
+
+
+# ----------------------------------------------------------------------------- IPUConfig
+
+# IPUConfig field -> (HardwareProfile field or None, what hone does instead)
+IPU_CONFIG_FIELDS: dict[str, tuple[str | None, str]] = {
+    "replication_factor": ("replicas", "data-parallel replicas (launch with torchrun --nproc_per_node)"),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", "micro batches per optimizer step"),
+    "recompute_checkpoint_every_layer": ("activation_checkpointing", "recompute every layer in backward"),
+    "enable_half_partials": (None, "matmul accumulation follows the profile's precision (tf32/bf16/fp16)"),
+    "layers_per_ipu": (None, "no pipeline stages: each device runs the whole model"),
+    "ipus_per_replica": (None, "no pipeline stages: each device runs the whole model"),
+    "device_iterations": (None, "batches stream to the device one step at a time"),
+    "inference_device_iterations": (None, "batches stream to the device one step at a time"),
+    "matmul_proportion": (None, "no on-chip memory split; save memory with activation_checkpointing"),
+    "embedding_serialization_factor": (None, "matmuls are not split; save memory with activation_checkpointing"),
+    "projection_serialization_factor": (None, "matmuls are not split; save memory with activation_checkpointing"),
+    "optimizer_state_offchip": (None, "optimizer state stays in device memory"),
+    "replicated_tensor_sharding": (None, "optimizer state is not sharded; each replica holds a copy"),
+    "executable_cache_dir": (None, "torch.compile keeps its own cache (TORCHINDUCTOR_CACHE_DIR)"),
+}
+
+
+def ipu_overrides_to_hardware(text: str) -> tuple[dict[str, str], list[str]]:
+    """Seed `--ipu_config_overrides "k=v,..."` -> (hardware overrides {field: value}, one notice per key)."""
+    items: dict[str, str] = {}
+    notices: list[str] = []
+    for key, value in parse_overrides(text, flag="--ipu_config_overrides").items():
+        default = "evaluation runs with the training profile" if key.startswith("inference_") \
+            else "has no counterpart on GPUs/CPUs"
+        target, what = IPU_CONFIG_FIELDS.get(key, (None, default))
+        if target is None:
+            notices.append(f"--ipu_config_overrides {key}={value}: ignored; {what}")
+        else:
+            items[target] = value
+            notices.append(f"--ipu_config_overrides {key}={value} -> hardware_overrides {target}={value} ({what})")
+    return items, notices

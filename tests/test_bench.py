@@ -1,0 +1,271 @@
+"""`hone bench train` on tiny models: the report's fields against hand counts, both systems on
+the same samples (identical losses where padding cannot change them), FLOPs against
+reference.md's figure, device peaks, peak memory, and errors. No timing thresholds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hone import cli, perf
+from hone.bench import NAMED_CONFIGS, main, mask_tokens
+from hone.data.squad import prepare_train_features, read_squad
+from hone.data.synthetic import make_synthetic_squad
+from hone.data.tokenizer import load_tokenizer
+from hone.models.checkpoint import build_model, config_from_dict
+
+pytest.importorskip("transformers")
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WIKITEXT = DATA / "wikitext" / "wikitext-2-raw" / "wiki.valid.raw"
+SEQ = 128
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny BERT QA checkpoint with a character-level WordPiece tokenizer in the same folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), *",.?'-"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    load_tokenizer(folder).save(folder)
+    torch.manual_seed(0)
+    model = build_model(dict(model_type="bert", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=SEQ), "qa")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def squad_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("squad") / "tiny-squad.json"
+    path.write_text(json.dumps(make_synthetic_squad(3, seed=1)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sst_file(tmp_path_factory) -> Path:
+    """A GLUE-style .tsv: sentences of 2 to 11 words, labels 0/1."""
+    rng = np.random.default_rng(0)
+    words = "the film was a bright warm quiet dull long story of love and loss".split()
+    path = tmp_path_factory.mktemp("glue") / "train.tsv"
+    with path.open("w", newline="") as f:
+        out = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        out.writerow(["sentence", "label"])
+        for i in range(24):
+            out.writerow([" ".join(rng.choice(words, rng.integers(2, 12))), i % 2])
+    return path
+
+
+def bench(tmp_path: Path, *argv: str) -> dict:
+    out = tmp_path / "result.json"
+    assert main(["train", *argv, "--hardware", "cpu", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def timed_seconds(system: dict) -> float:
+    return sum(system["step_times_s"])
+
+
+# ----------------------------------------------------------------------------- the report
+
+def test_qa_report_against_hand_counts(tmp_path, tiny_dir, squad_file, capsys):
+    features = prepare_train_features(read_squad(squad_file), load_tokenizer(tiny_dir), max_seq_length=SEQ,
+                                      doc_stride=32, progress=False)
+    F = len(features)
+    assert features.lengths.min() < SEQ  # some padding
+    steps = next(k for k in range(2, F + 1) if F % k == 0)  # the timed steps use every feature once
+    r = bench(tmp_path, "--task", "qa", "--model_config", str(tiny_dir), "--data", str(squad_file),
+              "--seq_len", str(SEQ), "--doc_stride", "32", "--batch_size", str(F // steps), "--steps", str(steps),
+              "--warmup", "0")
+    assert json.loads(capsys.readouterr().out) == r  # printed and written alike
+
+    for key in ("platform", "cpu", "cpu_cores", "torch_threads", "gpu", "gpu_count"):
+        assert key in r["machine"]
+    assert r["machine"]["gpu"] is None and r["device_peak"] is None
+    for key in ("hone", "torch", "transformers", "tokenizers", "python", "cuda", "cudnn"):
+        assert key in r["versions"]
+    assert r["command"].startswith("hone bench train --task qa")
+    assert r["settings"]["hardware"]["name"] == "cpu" and r["settings"]["autocast_dtype"] == "fp32 (none)"
+
+    real, padded = int(features.lengths.sum()), F * SEQ
+    assert r["data"]["rows"] == F and not r["data"]["repeated"]
+    assert r["data"]["baseline_padding_share"] == pytest.approx(1 - real / padded, rel=1e-12)
+    hone, base = r["systems"]["hone"], r["systems"]["transformers"]
+    assert hone["mode"] == "unpadded" and base["mode"] == "padded (max_length)"
+    assert not hone["compiled"] and not base["compiled"] and not hone["fused_optimizer"]
+    for system, tokens in ((hone, real), (base, padded)):
+        seconds = timed_seconds(system)
+        assert len(system["step_times_s"]) == steps and all(t > 0 for t in system["step_times_s"])
+        assert system["samples_per_second"] == pytest.approx(F / seconds, rel=1e-9)
+        assert system["real_tokens_per_second"] == pytest.approx(real / seconds, rel=1e-9)
+        assert system["padded_tokens_per_second"] == pytest.approx(tokens / seconds, rel=1e-9)
+        assert system["padding_share"] == pytest.approx(1 - real / tokens, abs=1e-12)
+        assert system["step_time_mean_s"] == pytest.approx(seconds / steps, rel=1e-9)
+        # model FLOPs: every sample counted at the baseline's padded length, useful ones at its own
+        config = config_from_dict(json.loads((tiny_dir / "config.json").read_text()))
+        assert system["model_flops_per_second"] * seconds == pytest.approx(F * perf.train_flops(config, "qa", SEQ))
+        useful = sum(perf.train_flops(config, "qa", int(n)) for n in features.lengths)
+        assert system["useful_flops_per_second"] * seconds == pytest.approx(useful)
+        assert system["mfu"] is None and system["useful_mfu"] is None
+        assert isinstance(system["peak_memory_bytes"], int) and system["peak_memory_bytes"] >= 0
+        assert len(system["losses"]) == steps and all(math.isfinite(x) for x in system["losses"])
+        assert system["sample_order_sha256"] == r["data"]["sample_order_sha256"]
+    assert r["hone_vs_transformers"]["samples_per_second_ratio"] == pytest.approx(
+        hone["samples_per_second"] / base["samples_per_second"], rel=1e-12)
+    # at initialisation a QA loss is about ln(positions in the softmax): transformers keeps the
+    # padding there, hone's unpadded loss does not
+    assert base["loss_first"] > hone["loss_first"]
+
+
+@pytest.mark.parametrize("hone_mode", ["unpadded", "padded"])
+def test_glue_same_samples_give_the_same_losses(tmp_path, tiny_dir, sst_file, hone_mode):
+    """Same weights, samples and order, dropout off: padding masked on one side and absent on
+    the other cannot change a classification loss, so both systems' losses agree step by step."""
+    r = bench(tmp_path, "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+              "--seq_len", "64", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--dropout", "0",
+              "--mode", hone_mode, "--learning_rate", "1e-3")
+    hone, base = r["systems"]["hone"], r["systems"]["transformers"]
+    assert hone["mode"] == hone_mode and base["mode"] == "padded (max_length)"
+    assert r["data"]["samples"] == 12 and r["data"]["baseline_padding_share"] > 0.3
+    assert hone["padding_share"] < base["padding_share"]
+    assert hone["sample_order_sha256"] == base["sample_order_sha256"]
+    np.testing.assert_allclose(hone["losses"], base["losses"], rtol=1e-4)
+    assert hone["losses"][0] != hone["losses"][-1]  # the weights moved
+
+
+def test_short_data_repeats_in_a_new_order(tmp_path, tiny_dir, sst_file):
+    r = bench(tmp_path, "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+              "--seq_len", "64", "--batch_size", "10", "--steps", "2", "--warmup", "1", "--systems", "hone")
+    assert r["data"]["rows"] == 24 and r["data"]["samples"] == 30 and r["data"]["repeated"]
+    assert list(r["systems"]) == ["hone"] and "hone_vs_transformers" not in r
+
+
+def test_cli_table_runs_bench(tmp_path, tiny_dir, sst_file):
+    out = tmp_path / "cli.json"
+    assert cli.main(["bench", "train", "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+                     "--seq_len", "32", "--batch_size", "2", "--steps", "1", "--warmup", "0", "--hardware",
+                     "cpu-bf16", "--systems", "transformers,hone", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert list(r["systems"]) == ["transformers", "hone"] and r["settings"]["autocast_dtype"] == "bfloat16"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not WIKITEXT.is_file(), reason="needs ../shared/data")
+@pytest.mark.parametrize("task", ["clm", "mlm"])
+def test_language_modelling_on_real_text(tmp_path, task):
+    """Tiny GPT-2 / RoBERTa with the real BPE tokenizers on WikiText-2: clm blocks carry no
+    padding; mlm lines are padded per batch by the baseline and masked alike for both."""
+    text = tmp_path / "wiki.raw"
+    text.write_text(WIKITEXT.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    folder = tmp_path / "model"
+    torch.manual_seed(0)
+    if task == "clm":
+        config = dict(model_type="gpt2", n_embd=16, n_layer=1, n_head=2, n_positions=64)
+        tokenizer = DATA / "tokenizers" / "gpt2"
+    else:
+        config = dict(NAMED_CONFIGS["roberta-base"], hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=66)
+        tokenizer = DATA / "tokenizers" / "roberta-base"
+    build_model(config, task).save_pretrained(folder)
+    r = bench(tmp_path, "--task", task, "--model_config", str(folder), "--tokenizer", str(tokenizer),
+              "--data", str(text), "--seq_len", "32", "--batch_size", "3", "--steps", "2", "--warmup", "1",
+              "--dropout", "0")
+    hone, base = r["systems"]["hone"], r["systems"]["transformers"]
+    if task == "clm":
+        assert r["data"]["baseline_padding_share"] == 0 and hone["padding_share"] == 0
+        assert r["data"]["real_tokens_per_sample_mean"] == 32
+    else:
+        assert r["data"]["baseline_padding"] == "longest" and r["data"]["baseline_padding_share"] > 0
+        assert hone["padding_share"] == 0
+    np.testing.assert_allclose(hone["losses"], base["losses"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def test_mask_tokens_draws_15_percent_80_10_10():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 1000, 200_000)
+    special = np.zeros(len(ids), dtype=bool)
+    special[::50] = True
+    inputs, labels = mask_tokens(ids, special, mask_id=3, vocab=1000, rng=rng)
+    chosen = labels != -100
+    assert not chosen[special].any() and (labels[chosen] == ids[chosen]).all()
+    assert chosen.sum() / (~special).sum() == pytest.approx(0.15, abs=0.005)
+    masked, kept = (inputs[chosen] == 3).mean(), (inputs[chosen] == ids[chosen]).mean()
+    assert masked == pytest.approx(0.8, abs=0.01) and kept == pytest.approx(0.1 + 0.1 / 1000, abs=0.01)
+    assert (inputs[~chosen] == ids[~chosen]).all()
+
+
+def test_train_flops_match_reference_figures():
+    bert = config_from_dict(NAMED_CONFIGS["bert-base"])
+    L, d, s = 12, 768, 384
+    N = L * (4 * d * d + 2 * d * 4 * d)
+    assert N == pytest.approx(84.9e6, rel=1e-3)  # reference.md: 84.9M non-embedding matmul parameters
+    assert perf.train_flops(bert, "qa", s) == 6 * (N + 2 * d) * s + 12 * L * s**2 * d
+    assert perf.train_flops(bert, "qa", s) == pytest.approx(212e9, rel=2e-3)  # reference.md: 212 GFLOP
+    roberta = config_from_dict(NAMED_CONFIGS["roberta-base"])
+    assert perf.train_flops(roberta, "qa", s) == perf.train_flops(bert, "qa", s)
+    assert perf.train_flops(bert, "classification", s) == 6 * N * s + 6 * (d * d + 2 * d) + 12 * L * s**2 * d
+    gpt2 = config_from_dict(NAMED_CONFIGS["gpt2"])
+    assert perf.train_flops(gpt2, "clm", 1024) == 6 * (N + d * 50257) * 1024 + 12 * L * 1024**2 * d
+    assert sum(p.numel() for p in build_model(NAMED_CONFIGS["gpt2"], "clm").parameters()) == 124_439_808
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA GH200 480GB", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA A100-PCIE-40GB", 312e12), ("Tesla T4", None)])
+def test_device_peak_table(name, peak):
+    got = perf.device_peak(name)
+    assert (got[1] if got else None) == peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_cpu_peak_memory_sees_a_freed_allocation():
+    meter = perf.PeakMemory(torch.device("cpu"))
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del big
+    meter.start()  # the earlier peak is forgotten
+    assert meter.peak_bytes() < 32 * 2**20
+    block = torch.ones(64 * 2**20 // 4)
+    del block
+    assert meter.peak_bytes() >= 60 * 2**20 and meter.exact
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "missing.json"}, r"--data .*missing\.json: no such file; --task qa reads a SQuAD"),
+    ({"--task": "clm"}, r"--task clm is not available for bert models .* supports --task qa, glue, mlm"),
+    ({"--model_config": "roberta-base"}, r"built from scratch: pass --tokenizer"),
+    ({"--model_config": "no-such-dir"}, r"neither a named config .* nor a checkpoint folder"),
+    ({"--systems": "hone,tf"}, r"--systems hone,tf: give each of hone, transformers"),
+    ({"--seq_len": "600"}, r"--seq_len 600 is longer than the model's 128 positions"),
+    ({"--steps": "0"}, r"--steps must be >= 1"),
+    pytest.param({"--hardware": "h100"}, r"needs a CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+])
+def test_bad_input_is_one_clear_line(tmp_path, tiny_dir, squad_file, caplog, change, message):
+    argv = {"--task": "qa", "--model_config": str(tiny_dir), "--data": str(squad_file), "--seq_len": str(SEQ),
+            "--doc_stride": "32", "--batch_size": "2", "--steps": "1", "--warmup": "0", "--hardware": "cpu"}
+    argv.update({k: str(tmp_path / v) if v == "missing.json" else v for k, v in change.items()})
+    assert main(["train", *[x for kv in argv.items() for x in kv]]) == 2
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("hone bench: error: ") and "\n" not in line
+    assert re.search(message, line)
+
+
+def test_unknown_task_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--task", "ner", "--model_config", "bert-base", "--data", "x"])
+    assert exit_.value.code == 2 and "invalid choice: 'ner'" in capsys.readouterr().err
