@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,10 +19,10 @@ demo: setup
 	$(VENV)/bin/hone demo --output_dir outputs/demo
 
 test: setup
-	$(VENV)/bin/pytest -q -m "not slow"
-
-test-all: setup
 	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs

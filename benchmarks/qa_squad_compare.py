@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -25,13 +26,19 @@ KEYS = ["exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "
         "best_f1_thresh"]
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run a command with its output teed into `log`; return its wall time in seconds."""
+def start(cmd: list[str], log: Path, threads: int | None) -> tuple[subprocess.Popen, float]:
+    """Start a command with its output in `log` (and `threads` torch/OpenMP threads when given)."""
     print("$", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    with log.open("w") as f:
-        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - start
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), time.perf_counter()
+
+
+def finish(job: tuple[subprocess.Popen, float], name: str) -> float:
+    """Wait for a started command; its wall time in seconds."""
+    proc, started = job
+    if proc.wait() != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}); see its log in the work dir")
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -46,13 +53,22 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--systems", default="hone,transformers")
+    p.add_argument("--baseline_padding", choices=["max_length", "dynamic"], default="max_length",
+                   help="run_qa pads every window to max_seq_length by default; 'dynamic' is its faster option")
+    p.add_argument("--parallel", action="store_true",
+                   help="run both at once, one core and one thread each (same conditions, half the wall time)")
     a = p.parse_args()
 
     work = Path(a.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     systems = a.systems.split(",")
+    threads = 1 if a.parallel else None
+    jobs: dict[str, tuple] = {}
+    walls: dict[str, float] = {}
     common = dict(lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, warmup_ratio=0.1,
-                  weight_decay=0.01, max_seq_length=384, doc_stride=128, precision=a.precision)
+                  weight_decay=0.01, max_seq_length=384, doc_stride=128, precision=a.precision,
+                  baseline_padding=a.baseline_padding, torch_threads=1 if a.parallel else os.environ.get("OMP_NUM_THREADS", "all"),
+                  parallel=a.parallel)
     result: dict = {"benchmark": "squad2-finetune", "date": date.today().isoformat(),
                     "machine": {"platform": platform.platform(), "processor": platform.processor(),
                                 "python": platform.python_version()},
@@ -68,19 +84,30 @@ def main() -> None:
                "--weight_decay", "0.01", "--seed", str(a.seed), "--logging_steps", "20", "--save_steps", "-1",
                "--hardware", "cpu-bf16" if a.precision == "bf16" else "cpu", "--output_dir", str(out),
                "--overwrite_output_dir", "--disable_tqdm"]
-        wall = run(cmd, work / "hone.log")
-        res = json.loads((out / "all_results.json").read_text())
-        result["systems"]["hone"] = {"wall_seconds": wall, "train_runtime": res["train_runtime"],
-                                     "train_samples_per_second": res["train_samples_per_second"],
-                                     "train_loss": res["train_loss"],
-                                     "metrics": {k: res[f"eval_{k}"] for k in KEYS}, "command": cmd}
+        jobs["hone"] = (start(cmd, work / "hone.log", threads), cmd)
+        if not a.parallel:
+            walls["hone"] = finish(jobs["hone"][0], "hone")
     if "transformers" in systems:
         out = work / "transformers"
         cmd = [sys.executable, str(HERE / "qa_transformers_baseline.py"), "--model", a.model,
                "--train_file", a.train_file, "--validation_file", a.validation_file, "--output_dir", str(out),
                "--epochs", str(a.epochs), "--lr", str(a.lr), "--batch_size", str(a.batch_size),
-               "--seed", str(a.seed)] + (["--bf16"] if a.precision == "bf16" else [])
-        wall = run(cmd, work / "transformers.log")
+               "--seed", str(a.seed)] + (["--bf16"] if a.precision == "bf16" else []) \
+            + (["--dynamic_padding"] if a.baseline_padding == "dynamic" else [])
+        jobs["transformers"] = (start(cmd, work / "transformers.log", threads), cmd)
+    for name, (job, _) in jobs.items():
+        if name not in walls:
+            walls[name] = finish(job, name)
+
+    if "hone" in jobs:
+        out, cmd, wall = work / "hone", jobs["hone"][1], walls["hone"]
+        res = json.loads((out / "all_results.json").read_text())
+        result["systems"]["hone"] = {"wall_seconds": wall, "train_runtime": res["train_runtime"],
+                                     "train_samples_per_second": res["train_samples_per_second"],
+                                     "train_loss": res["train_loss"],
+                                     "metrics": {k: res[f"eval_{k}"] for k in KEYS}, "command": cmd}
+    if "transformers" in jobs:
+        out, cmd, wall = work / "transformers", jobs["transformers"][1], walls["transformers"]
         res = json.loads((out / "baseline_results.json").read_text())
         result["versions"] = res["versions"]
         result["systems"]["transformers"] = {"wall_seconds": wall, "train_runtime": res["train_seconds"],

@@ -21,21 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
 
 from hone.data.squad import read_squad
 from hone.metrics.squad import squad_evaluate
 
 
-def encode(tokenizer, examples, max_len, stride):
+def encode(tokenizer, examples, max_len, stride, pad):
     questions = [e["question"].lstrip() for e in examples]
     return tokenizer(questions, [e["context"] for e in examples], truncation="only_second", max_length=max_len,
                      stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                     padding="max_length")
+                     padding="max_length" if pad else False)
 
 
-def train_features(tokenizer, examples, max_len, stride):
-    enc = encode(tokenizer, examples, max_len, stride)
+def train_features(tokenizer, examples, max_len, stride, pad):
+    enc = encode(tokenizer, examples, max_len, stride, pad)
     rows = []
     for i, offsets in enumerate(enc["offset_mapping"]):
         ex = examples[enc["overflow_to_sample_mapping"][i]]
@@ -58,8 +65,8 @@ def train_features(tokenizer, examples, max_len, stride):
     return rows
 
 
-def eval_features(tokenizer, examples, max_len, stride):
-    enc = encode(tokenizer, examples, max_len, stride)
+def eval_features(tokenizer, examples, max_len, stride, pad):
+    enc = encode(tokenizer, examples, max_len, stride, pad)
     rows, meta = [], []
     for i, offsets in enumerate(enc["offset_mapping"]):
         seq = enc.sequence_ids(i)
@@ -115,6 +122,8 @@ def main() -> None:
     p.add_argument("--max_seq_length", type=int, default=384)
     p.add_argument("--doc_stride", type=int, default=128)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--dynamic_padding", action="store_true",
+                   help="run_qa's --pad_to_max_length False: pad each batch to its longest row (faster)")
     a = p.parse_args()
 
     torch.manual_seed(a.seed)
@@ -122,16 +131,19 @@ def main() -> None:
     model = AutoModelForQuestionAnswering.from_pretrained(a.model, attn_implementation="sdpa")
     train_ex, eval_ex = read_squad(a.train_file), read_squad(a.validation_file)
     t0 = time.perf_counter()
-    train_rows = train_features(tokenizer, train_ex, a.max_seq_length, a.doc_stride)
-    eval_rows, meta = eval_features(tokenizer, eval_ex, a.max_seq_length, a.doc_stride)
+    pad = not a.dynamic_padding
+    train_rows = train_features(tokenizer, train_ex, a.max_seq_length, a.doc_stride, pad)
+    eval_rows, meta = eval_features(tokenizer, eval_ex, a.max_seq_length, a.doc_stride, pad)
+    collator = default_data_collator if pad else DataCollatorWithPadding(tokenizer)
     prep_s = time.perf_counter() - t0
 
     targs = TrainingArguments(
         output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.eval_batch_size,
-        learning_rate=a.lr, num_train_epochs=a.epochs, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
+        learning_rate=a.lr, num_train_epochs=a.epochs, warmup_steps=a.warmup_ratio, weight_decay=a.weight_decay,
+        # transformers 5 reads a float warmup_steps < 1 as a ratio (its warmup_ratio is gone)
         lr_scheduler_type="linear", seed=a.seed, bf16=a.bf16, use_cpu=not torch.cuda.is_available(),
         logging_steps=20, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=False)
-    trainer = Trainer(model=model, args=targs, train_dataset=train_rows, data_collator=default_data_collator)
+    trainer = Trainer(model=model, args=targs, train_dataset=train_rows, data_collator=collator)
     t0 = time.perf_counter()
     train_out = trainer.train()
     train_s = time.perf_counter() - t0
@@ -145,7 +157,7 @@ def main() -> None:
     result = {
         "system": "transformers-baseline",
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": torch.get_num_threads(),
+                    "torch_threads": torch.get_num_threads(),
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},

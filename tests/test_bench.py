@@ -127,7 +127,7 @@ def test_qa_report_against_hand_counts(tmp_path, tiny_dir, squad_file, capsys):
     assert base["loss_first"] > hone["loss_first"]
 
 
-@pytest.mark.parametrize("hone_mode", ["unpadded", "padded"])
+@pytest.mark.parametrize("hone_mode", ["unpadded", "packed", "padded"])
 def test_glue_same_samples_give_the_same_losses(tmp_path, tiny_dir, sst_file, hone_mode):
     """Same weights, samples and order, dropout off: padding masked on one side and absent on
     the other cannot change a classification loss, so both systems' losses agree step by step."""

@@ -21,11 +21,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trainer import CPU, QADataset, collate, make_args, single_thread, tiny_bert_qa  # noqa: E402,F401
-
 from hone.engine import checkpointing  # noqa: E402
 from hone.engine.checkpointing import CheckpointError  # noqa: E402
 from hone.engine.trainer import Trainer, TrainerCallback  # noqa: E402
+from test_trainer import CPU, QADataset, collate, make_args, single_thread, tiny_bert_qa  # noqa: E402,F401
 
 STEPS, SAVE_EVERY, KEEP = 8, 2, 2
 

@@ -19,9 +19,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trainer import CPU, collate, make_args, single_thread, train_losses  # noqa: E402,F401
-
 from hone.engine.trainer import StepBatchSampler, Trainer  # noqa: E402
+from test_trainer import CPU, collate, make_args, single_thread, train_losses  # noqa: E402,F401
 
 STEPS, MICRO, SAVED_AT = 7, 4, 3
 

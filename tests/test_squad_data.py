@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 import hone.data.squad as squad
-from hone.data.squad import (FeatureSettingsError, QAFeatures, SquadFormatError, has_unanswerable,
-                             load_or_build_features, prepare_eval_features, prepare_train_features, read_squad)
+from hone.data.squad import (
+    FeatureSettingsError,
+    QAFeatures,
+    SquadFormatError,
+    has_unanswerable,
+    load_or_build_features,
+    prepare_eval_features,
+    prepare_train_features,
+    read_squad,
+)
 from hone.data.tokenizer import load_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

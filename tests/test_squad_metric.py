@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hone.metrics.squad import (SquadFormatError, compute_exact, compute_f1, normalize_answer, read_squad_json,
-                                squad_evaluate)
+from hone.metrics.squad import (
+    SquadFormatError,
+    compute_exact,
+    compute_f1,
+    normalize_answer,
+    read_squad_json,
+    squad_evaluate,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 

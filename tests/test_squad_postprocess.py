@@ -8,7 +8,6 @@ import pytest
 
 from hone.metrics.squad import QAPredictions, SquadFormatError, postprocess_qa_predictions, write_predictions
 
-
 # ------------------------------------------------------------------ reference: utils_qa's loop
 
 def reference_postprocess(examples, example_index, offsets, all_start, all_end, version_2_with_negative,

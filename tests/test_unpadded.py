@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hone
 from hone.models.checkpoint import build_model
-from hone.models.padding import AttentionLayout, LayoutError, attention
+from hone.models.padding import (
+    AttentionLayout,
+    LayoutError,
+    attention,
+    attention_on_grid,
+    attention_per_sequence,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINILM = DATA / "models" / "all-MiniLM-L6-v2"
@@ -274,9 +279,10 @@ def test_varlen_attention_is_per_sequence_softmax(causal):
     layout = AttentionLayout.varlen(mask, mask.shape, causal=causal, cu_seqlens=cu)
     assert layout.max_seqlen == 4 and layout.num_sequences == 3
     q, k, v = (torch.randn(9, H, D) for _ in range(3))
-    out = attention(q, k, v, layout)
     expected = torch.cat([explicit_attention(q[a:b], k[a:b], v[a:b], causal) for a, b in zip(cu[:-1], cu[1:])])
-    assert (out - expected).abs().max() <= 1e-6
+    for implementation in (attention, attention_on_grid, attention_per_sequence):  # CPU, CUDA fallback
+        out = implementation(q, k, v, layout, dropout_p=0.0, scale=None)
+        assert (out - expected).abs().max() <= 1e-6, implementation.__name__
 
 
 def test_layout_round_trips_and_rejects_bad_cu_seqlens():
@@ -307,7 +313,7 @@ def test_cuda_varlen_kernel_matches_sdpa_fallback(causal):
     q, k, v = (torch.randn(len(layout.indices), 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     fast = attention(q, k, v, layout)  # varlen_attn
-    slow = attention(q, k, v, layout, dropout_p=1e-9)  # sdpa per sequence (dropout forces it)
+    slow = attention_on_grid(q, k, v, layout, dropout_p=0.0, scale=None)  # what dropout falls back to
     assert (fast.float() - slow.float()).abs().max() < 2e-2
 
 

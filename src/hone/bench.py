@@ -53,7 +53,14 @@ from hone.engine.optim import OptimizerConfigError, build_optimizer
 from hone.engine.precision import PrecisionConfigError, autocast, autocast_dtype, build_loss_scaler, configure_tf32
 from hone.hardware import HardwareError, HardwareProfile, cpu_supports_bf16, resolve_profile
 from hone.models.base import ConfigError, ModelConfig, PreTrainedModule
-from hone.models.checkpoint import MODEL_CLASSES, CheckpointError, build_model, config_from_dict, load_model
+from hone.models.checkpoint import (
+    MODEL_CLASSES,
+    CheckpointError,
+    build_model,
+    config_from_dict,
+    load_config,
+    load_model,
+)
 
 log = logging.getLogger("hone")
 
@@ -381,7 +388,7 @@ def resolve_model_config(name: str, task: str) -> tuple[ModelConfig, Path | None
         if not (folder / "config.json").is_file():
             raise BenchError(f"--model_config {name}: neither a named config ({', '.join(NAMED_CONFIGS)}) nor a "
                              "checkpoint folder with config.json")
-        config = config_from_dict(json.loads((folder / "config.json").read_text()), source=str(folder))
+        config = load_config(folder)
     hone_task = TASKS[task][0]
     if hone_task not in MODEL_CLASSES[config.model_type]:
         usable = [t for t, (ht, _, _) in TASKS.items() if ht in MODEL_CLASSES[config.model_type]]
@@ -445,6 +452,10 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
         raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BenchError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
     device = torch.device(profile.device)
@@ -517,7 +528,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
     dtype = autocast_dtype(profile)
     report = {
         "benchmark": "hone bench train",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command,
         "machine": machine_info(),
         "versions": versions(),
@@ -527,6 +538,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
             "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
             "systems": systems, "mode": args.mode, "compile_baseline": args.compile_baseline,
+            "threads": args.threads,
             "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
             "hardware": asdict(profile),
         },
@@ -582,6 +594,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--learning_rate", "--lr", type=float, default=5e-5, help="AdamW learning rate (both).")
     p.add_argument("--dropout", type=float, help="Set every dropout of the model (default: its config's).")
     p.add_argument("--seed", type=int, default=42, help="Sample order, fresh weights, masking.")
+    p.add_argument("--threads", type=int, help="torch CPU threads for both systems (default: torch's, one per "
+                                               "core). 1 keeps a shared CPU's other load from stalling every op.")
     p.add_argument("--out", help="JSON file to write (default benchmarks/results/bench-<task>-<model>-"
                                  "<hardware>-<date>.json).")
     return parser.parse_args(argv)

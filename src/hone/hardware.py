@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
 from hone.errors import HoneError
 
 log = logging.getLogger("hone")

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from hone.errors import HoneError
 from hone.config import TrainingArguments, effective_batch_sizes
+from hone.errors import HoneError
 from hone.hardware import HardwareProfile
 
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
-from hone.errors import SquadFormatError
-from hone.errors import HoneError
+
+from hone.errors import HoneError, SquadFormatError
 
 log = logging.getLogger("hone")
 

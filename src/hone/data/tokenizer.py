@@ -19,6 +19,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, WordPiece
+
 from hone.errors import HoneError
 
 __all__ = ["HoneTokenizer", "TokenizerError", "load_tokenizer"]

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_model as save_safetensors_model
+from safetensors.torch import load_file
+from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
+
 from hone.errors import CheckpointError
 
 CHECKPOINT_PREFIX = "checkpoint-"

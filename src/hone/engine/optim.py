@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from hone.errors import HoneError
 from hone.config import TrainingArguments
+from hone.errors import HoneError
 from hone.hardware import HardwareProfile
 
 

@@ -45,12 +45,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from hone.errors import HoneError
 from hone import reporting
 from hone.config import TrainingArguments, effective_batch_sizes, validate_training_args
 from hone.engine import checkpointing, distributed
 from hone.engine.optim import build_optimizer, build_scheduler
 from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
+from hone.errors import HoneError
 from hone.hardware import HardwareProfile
 
 
@@ -163,6 +163,12 @@ def _to_host(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.is_floating_point() else t).cpu().numpy()
 
 
+def apply_execution_profile(model: nn.Module, profile: HardwareProfile) -> None:
+    """Switch the model to the profile's execution mode (hone models only: unpadded layers)."""
+    if callable(getattr(model, "set_unpadded", None)):
+        model.set_unpadded(profile.unpad)
+
+
 def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,
             profile: HardwareProfile) -> Iterator[dict[str, np.ndarray]]:
     """Run `model` over `dataset` in order and yield each batch's outputs on the host.
@@ -171,7 +177,11 @@ def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,
     the device. Uses the device the model is on and the profile's autocast; the model's
     train/eval mode is restored afterwards.
     """
+    apply_execution_profile(model, profile)
     device = next(model.parameters()).device
+    if device.type == "cpu" and profile.device == "cuda":
+        model.to("cuda")
+        device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
                         pin_memory=profile.pin_memory and device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG (dropout stream) alone
@@ -267,6 +277,7 @@ class Trainer:
             warnings.warn(f"hardware profile '{profile.name}': tf32 only applies on CUDA GPUs; ignored.", stacklevel=2)
         if profile.activation_checkpointing:
             self._enable_activation_checkpointing(model)
+        apply_execution_profile(model, profile)
         self.model = model.to(self.dist.device)
         self.model.train()
 

@@ -121,7 +121,7 @@ def get_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pattern(template: str) -> re.Pattern[str]:
     return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)"))
 
@@ -293,9 +293,13 @@ class PreTrainedModule(nn.Module):
         tokens only (varlen attention), when a batch comes with an attention_mask.
 
         Outputs equal the padded path's at real tokens; padding positions of per-token
-        outputs are 0 (QA start/end logits: the lowest float), and losses ignore padding:
-        labels at padding positions, and padding logits in the QA softmax (transformers keeps
-        them there, so its QA loss depends on how much a batch is padded). Default off.
+        outputs are 0 (QA start/end logits: the lowest float). Losses ignore padding
+        entirely, where transformers' padded path does not quite: labels at padding
+        positions; padding logits in the QA softmax (transformers keeps them, so its QA
+        loss depends on how much a batch is padded); with GPT-2 left padding, the padding
+        position before the first real token predicting it. GPT-2 classification pools the
+        last real token (transformers: the last token that is not pad_token_id). Default
+        off; the engine turns it on when the hardware profile says unpad.
         """
         for module in self.modules():
             if isinstance(module, PreTrainedModule):
@@ -324,7 +328,9 @@ class PreTrainedModule(nn.Module):
                     "a packed batch (cu_seqlens) needs position_ids that restart at every sequence; "
                     "hone.data.packing.pack_collate builds both"
                 )
-            layout = AttentionLayout.varlen(attention_mask, input_ids.shape, causal=self.is_causal, cu_seqlens=cu_seqlens)
+            layout = AttentionLayout.varlen(
+                attention_mask, input_ids.shape, causal=self.is_causal, cu_seqlens=cu_seqlens
+            )
         elif self.unpadded and attention_mask is not None:
             layout = AttentionLayout.varlen(attention_mask, input_ids.shape, causal=self.is_causal)
         else:

@@ -14,9 +14,9 @@ scatter per-token results back with `restore_padding` and pool with `first_token
   attention mask (one sequence per row: unpadded execution) or from a packed batch (several
   sequences per row, `cu_seqlens` given; see hone.data.packing). Every token-wise op
   (embeddings, projections, MLP, LayerNorm, heads) runs on real tokens only; attention runs
-  per sequence: torch's varlen flash kernel on CUDA in fp16/bf16 without dropout, otherwise
-  (CPU, fp32, attention dropout) the sequences are padded to (S, max_seqlen) around
-  scaled_dot_product_attention, which costs little next to the matmuls.
+  per sequence: on CUDA, torch's varlen flash kernel (fp16/bf16 without dropout; it has no
+  dropout), else one sdpa call over the sequences padded to (S, max_seqlen); on CPU, one
+  sdpa call per sequence on exactly its tokens (no padded scores, no gather or scatter).
 
 Padding is removed and restored here and nowhere else.
 """
@@ -29,7 +29,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-try:  # torch >= 2.10
+try:  # recent torch only
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - older torch: the sdpa path below is used
     varlen_attn = None
@@ -106,7 +106,9 @@ class AttentionLayout:
             lengths = attention_mask.sum(1) if attention_mask is not None else indices.new_full((shape[0],), shape[1])
             cu_seqlens = F.pad(lengths.cumsum(0), (1, 0))
         elif cu_seqlens.dim() != 1 or len(cu_seqlens) < 2:
-            raise LayoutError(f"cu_seqlens must be 1-D (S + 1,) sequence starts from 0, got shape {tuple(cu_seqlens.shape)}")
+            raise LayoutError(
+                f"cu_seqlens must be 1-D (S + 1,) sequence starts from 0, got shape {tuple(cu_seqlens.shape)}"
+            )
         cu_seqlens = cu_seqlens.to(device=indices.device, dtype=torch.int32)
         lengths = cu_seqlens.diff()
         first, shortest, longest, total = torch.stack(
@@ -202,7 +204,13 @@ class AttentionLayout:
         return seq * self.max_seqlen + position
 
     @cached_property
-    def _key_mask(self) -> torch.Tensor:
+    def bounds(self) -> list[tuple[int, int]]:
+        """(start, end) of every sequence in the token stream, as Python ints."""
+        cu = self.cu_seqlens.tolist()
+        return list(zip(cu[:-1], cu[1:]))
+
+    @cached_property
+    def key_mask(self) -> torch.Tensor:
         """(S, 1, 1, max_seqlen) bool: the real keys of each grid row."""
         positions = torch.arange(self.max_seqlen, device=self.cu_seqlens.device)
         return (positions < self.cu_seqlens.diff()[:, None])[:, None, None, :]
@@ -241,11 +249,33 @@ def attention(
         cu, T = layout.cu_seqlens, layout.max_seqlen
         window = (-1, 0) if layout.causal else (-1, -1)
         return varlen_attn(q, k, v, cu, cu, T, T, scale=scale, window_size=window)
-    # one grid row per sequence: (S, H, T', D); padding keys masked (causal: they only follow
-    # the real keys, so causality alone hides them from every real query)
+    if q.is_cuda:
+        return attention_on_grid(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+    return attention_per_sequence(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+
+
+def attention_on_grid(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, *, dropout_p: float, scale: float | None
+) -> torch.Tensor:
+    """Varlen attention as one sdpa call over the sequences padded to (S, H, max_seqlen, D):
+    few kernel launches (GPUs), at the cost of S * max_seqlen^2 scores. Padding keys are masked;
+    causal needs no mask, as padding keys only follow a sequence's real keys."""
     q, k, v = (layout.to_sequences(t).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=None if layout.causal else layout._key_mask,
+        q, k, v, attn_mask=None if layout.causal else layout.key_mask,
         dropout_p=dropout_p, is_causal=layout.causal, scale=scale,
     )
     return layout.from_sequences(out.transpose(1, 2))
+
+
+def attention_per_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, *, dropout_p: float, scale: float | None
+) -> torch.Tensor:
+    """Varlen attention as one sdpa call per sequence on its own tokens (CPUs): exactly
+    sum(length^2) scores, no padding, no mask, no gather or scatter."""
+    outs = []
+    for a, b in layout.bounds:
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (H, length, D)
+        out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, is_causal=layout.causal, scale=scale)
+        outs.append(out.transpose(0, 1))
+    return torch.cat(outs)  # (N, H, D)
