@@ -252,13 +252,17 @@ def test_cpu_peak_memory_sees_a_freed_allocation():
     ({"--systems": "hone,tf"}, r"--systems hone,tf: give each of hone, transformers"),
     ({"--seq_len": "600"}, r"--seq_len 600 is longer than the model's 128 positions"),
     ({"--steps": "0"}, r"--steps must be >= 1"),
+    ({"--threads": "0"}, r"--threads must be >= 1"),
+    ({"--model_config": "broken"}, r"broken/config\.json: not valid JSON"),
     pytest.param({"--hardware": "h100"}, r"needs a CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, tiny_dir, squad_file, caplog, change, message):
     argv = {"--task": "qa", "--model_config": str(tiny_dir), "--data": str(squad_file), "--seq_len": str(SEQ),
             "--doc_stride": "32", "--batch_size": "2", "--steps": "1", "--warmup": "0", "--hardware": "cpu"}
-    argv.update({k: str(tmp_path / v) if v == "missing.json" else v for k, v in change.items()})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{model_type: bert")
+    argv.update({k: str(tmp_path / v) if v in ("missing.json", "broken") else v for k, v in change.items()})
     assert main(["train", *[x for kv in argv.items() for x in kv]]) == 2
     line = caplog.records[-1].getMessage()
     assert line.startswith("hone bench: error: ") and "\n" not in line

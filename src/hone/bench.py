@@ -597,14 +597,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads for both systems (default: torch's, one per "
                                                "core). 1 keeps a shared CPU's other load from stalling every op.")
     p.add_argument("--out", help="JSON file to write (default benchmarks/results/bench-<task>-<model>-"
-                                 "<hardware>-<date>.json).")
+                                 "<hardware>-<date>-<time>.json).")
     return parser.parse_args(argv)
 
 
 def default_out(args: argparse.Namespace, report: dict) -> Path:
     model = args.model_config if args.model_config in NAMED_CONFIGS else Path(args.model_config).resolve().name
+    hardware = report["settings"]["hardware"]["name"]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("benchmarks") / "results" / f"bench-{args.task}-{model}-{report['settings']['hardware']['name']}-{stamp}.json"
+    return Path("benchmarks") / "results" / f"bench-{args.task}-{model}-{hardware}-{stamp}.json"
 
 
 def summary(report: dict) -> str:
