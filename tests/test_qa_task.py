@@ -134,3 +134,23 @@ def test_demo_model_comes_from_the_pypi_package(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "bert" and config["num_hidden_layers"] == 6
     assert (folder / "model.safetensors").stat().st_size > 80_000_000
+
+
+def test_predict_on_a_test_file_with_and_without_answers(setup, tmp_path):
+    root, model_dir = setup
+    unlabelled = json.loads((root / "dev.json").read_text())
+    for para in unlabelled["data"][0]["paragraphs"]:
+        for qa in para["qas"]:
+            qa["answers"], qa["is_impossible"] = [], False
+    (tmp_path / "test.json").write_text(json.dumps(unlabelled))
+    for test_file, labelled in ((root / "dev.json", True), (tmp_path / "test.json", False)):
+        out = tmp_path / f"run-{labelled}"
+        args = _qa_args(root, model_dir, out, "--version_2_with_negative", "--max_steps", "1", "--do_predict",
+                        "--test_file", str(test_file))
+        args.remove("--do_eval")
+        assert hone(args) == 0
+        predictions = json.loads((out / "predict_predictions.json").read_text())
+        assert len(predictions) == 24 and (out / "predict_null_odds.json").exists()
+        results = json.loads((out / "predict_results.json").read_text())
+        assert results["predict_samples"] == 24
+        assert ("predict_f1" in results) == labelled

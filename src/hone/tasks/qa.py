@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hone.config import TrainingArguments, parse_args
-from hone.data.collate import pad_collate
+from hone.data.collate import Collator
 from hone.data.squad import has_unanswerable, load_or_build_features, read_squad
 from hone.data.tokenizer import load_tokenizer
 from hone.engine.distributed import is_main_process
 from hone.engine.trainer import Trainer, check_output_dir, predict
 from hone.hardware import resolve_profile
 from hone.metrics.squad import postprocess_qa_predictions, squad_evaluate, write_predictions
+from hone.reporting import log_metrics, save_metrics
 from hone.tasks.common import finish_run, load_task_model, start_run
 
 log = logging.getLogger("hone")
@@ -69,6 +70,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit("hone qa: --do_train needs --train_file (SQuAD JSON or JSON Lines; no dataset hub is reached).")
     if args.do_eval and not qa.validation_file:
         raise SystemExit("hone qa: --do_eval needs --validation_file (SQuAD JSON or JSON Lines).")
+    if args.do_predict and not qa.test_file:
+        raise SystemExit("hone qa: --do_predict needs --test_file (SQuAD JSON or JSON Lines; answers optional).")
     if args.do_train:
         check_output_dir(args)  # before minutes of loading, not after
     profile = resolve_profile(args.hardware, args.hardware_overrides)
@@ -80,54 +83,62 @@ def main(argv: list[str]) -> int:
     settings = dict(max_seq_length=qa.max_seq_length, doc_stride=qa.doc_stride,
                     max_query_length=qa.max_query_length, pad_to_max_length=qa.pad_to_max_length,
                     cache_dir=qa.cache_dir, **order)
-    collate = pad_collate_for(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = Collator(pad_token_id=pad_id)
 
-    eval_examples = eval_features = None
-    if args.do_eval:
-        eval_examples = read_squad(qa.validation_file)[: args.max_eval_samples]
-        version_2 = _check_version(eval_examples, qa.version_2_with_negative, qa.validation_file)
-        eval_features = load_or_build_features(qa.validation_file, tokenizer, split="eval",
-                                               examples=eval_examples, **settings)
+    def load(path: str, split: str) -> tuple[list[dict], object, bool]:
+        """Examples and features of one file, and whether it is SQuAD 2.0."""
+        limit = args.max_train_samples if split == "train" else args.max_eval_samples
+        examples = read_squad(path)[:limit]
+        unlabelled = split == "test" and not any(ex["answers"]["text"] for ex in examples)
+        version_2 = qa.version_2_with_negative if unlabelled else _check_version(
+            examples, qa.version_2_with_negative, path)
+        features = load_or_build_features(path, tokenizer, split="train" if split == "train" else "eval",
+                                          examples=examples, **settings)
+        return examples, features, version_2
 
-    def evaluate(model) -> dict:
-        start, end = _predict_logits(model, eval_features, collate, args, profile)
+    def score(model, examples, features, version_2: bool, prefix: str) -> dict:
+        """Predict, post-process, write the prediction files; official metrics where answers exist."""
+        start, end = _predict_logits(model, features, collate, args, profile)
         result = postprocess_qa_predictions(
-            eval_examples, eval_features.example_index, eval_features.offsets, start, end,
+            examples, features.example_index, features.offsets, start, end,
             version_2_with_negative=version_2, n_best_size=qa.n_best_size,
             max_answer_length=qa.max_answer_length, null_score_diff_threshold=qa.null_score_diff_threshold)
         if is_main_process():
-            write_predictions(args.output_dir, result)
-        scores = squad_evaluate(eval_examples, result.predictions,
-                                na_probs=result.null_odds if version_2 else None)
-        metrics = {f"eval_{k}": v for k, v in scores.items()}
-        metrics["eval_samples"] = len(eval_features)
+            write_predictions(args.output_dir, result, prefix=None if prefix == "eval" else prefix)
+        metrics = {f"{prefix}_samples": len(features)}
+        if any(ex["answers"]["text"] for ex in examples):  # test files may come without answers
+            scores = squad_evaluate(examples, result.predictions, na_probs=result.null_odds if version_2 else None)
+            metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
         return metrics
+
+    evaluate = None
+    if args.do_eval:
+        eval_data = load(qa.validation_file, "eval")
+
+        def evaluate(model) -> dict:
+            return score(model, *eval_data, prefix="eval")
 
     train_metrics = eval_metrics = None
     if args.do_train:
-        train_examples = read_squad(qa.train_file)[: args.max_train_samples]
-        _check_version(train_examples, qa.version_2_with_negative, qa.train_file)
-        train_features = load_or_build_features(qa.train_file, tokenizer, split="train",
-                                                examples=train_examples, **settings)
-        trainer = Trainer(model, args, profile, train_features, collate,
-                          eval_fn=evaluate if args.do_eval else None)
+        _, train_features, _ = load(qa.train_file, "train")
+        trainer = Trainer(model, args, profile, train_features, collate, eval_fn=evaluate)
         train_metrics = trainer.train()
         model = trainer.model
         tokenizer.save(args.output_dir)
     if args.do_eval:
         eval_metrics = evaluate(model)
+    if args.do_predict:
+        predict_metrics = score(model, *load(qa.test_file, "test"), prefix="predict")
+        if is_main_process():
+            log_metrics("predict", predict_metrics)
+            save_metrics(args.output_dir, "predict", predict_metrics)
     finish_run(run, args, profile, train_metrics=train_metrics, eval_metrics=eval_metrics,
                model_name_or_path=qa.model_name_or_path or qa.config_name, task_name="Question Answering",
                task_type="question-answering",
                dataset_names=[p for p in (qa.train_file, qa.validation_file) if p],
                index_metrics={"exact": "eval_exact", "f1": "eval_f1"})
     return 0
-
-
-def pad_collate_for(tokenizer):
-    """Dynamic padding with this tokenizer's pad id."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return lambda rows: pad_collate(rows, pad_token_id=pad_id)
 
 
 def _predict_logits(model, features, collate, args, profile) -> tuple[np.ndarray, np.ndarray]:
