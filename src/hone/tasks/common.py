@@ -16,6 +16,7 @@ import yaml
 from hone.config import TrainingArguments, format_effective_config
 from hone.engine import distributed
 from hone.hardware import HardwareProfile
+from hone.hardware import parse_overrides as split_overrides
 from hone.models.checkpoint import build_model, load_model
 from hone.reporting import hyperparameters_for_card, log_metrics, save_metrics, write_model_card
 
@@ -46,16 +47,8 @@ def start_run(args: TrainingArguments, profile: HardwareProfile, argv: list[str]
 
 
 def parse_overrides(text: str | None) -> dict:
-    """'k=v,k=v' -> {k: v} with YAML scalars (ints, floats, bools) typed."""
-    if not text:
-        return {}
-    out = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--config_overrides: '{item}' is not 'key=value' (example: hidden_dropout_prob=0.0)")
-        out[key.strip()] = yaml.safe_load(value.strip())
-    return out
+    """--config_overrides 'k=v,k=v' -> {k: v} with YAML scalars (ints, floats, bools) typed."""
+    return {key: yaml.safe_load(value) for key, value in split_overrides(text, flag="--config_overrides").items()}
 
 
 def load_task_model(model_args, task: str, **extra):
@@ -67,14 +60,16 @@ def load_task_model(model_args, task: str, **extra):
 
 
 def finish_run(run: Run, args: TrainingArguments, profile: HardwareProfile, *, train_metrics: dict | None,
-               eval_metrics: dict | None, model_name_or_path: str, task_name: str, task_type: str,
+               eval_metrics: dict | None, predict_metrics: dict | None = None, model_name_or_path: str,
+               task_name: str, task_type: str,
                dataset_names: list[str], index_metrics: dict[str, str]) -> None:
-    """Print and save the eval block, then write the model card (rank 0 only)."""
+    """Print and save the eval and predict blocks, then write the model card (rank 0 only)."""
     if not distributed.is_main_process():
         return
-    if eval_metrics:
-        log_metrics("eval", eval_metrics)
-        save_metrics(args.output_dir, "eval", eval_metrics)
+    for split, metrics in (("eval", eval_metrics), ("predict", predict_metrics)):
+        if metrics:
+            log_metrics(split, metrics)
+            save_metrics(args.output_dir, split, metrics)
     index_results = [{"name": name, "type": name, "value": round(float(eval_metrics[key]), 4)}
                      for name, key in index_metrics.items() if eval_metrics and key in eval_metrics]
     write_model_card(

@@ -20,7 +20,6 @@ from hone.engine.distributed import is_main_process
 from hone.engine.trainer import Trainer, check_output_dir, predict
 from hone.hardware import resolve_profile
 from hone.metrics.squad import postprocess_qa_predictions, squad_evaluate, write_predictions
-from hone.reporting import log_metrics, save_metrics
 from hone.tasks.common import finish_run, load_task_model, start_run
 
 log = logging.getLogger("hone")
@@ -47,6 +46,10 @@ class QAArguments:
     passage_first: bool = field(default=False, metadata={"help": "Passage before question, with a 'Q: ' prefix (seed 002)."})
     question_first: bool = field(default=True, metadata={"help": "Question before passage (run_qa's order)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where tokenized features are cached."})
+
+
+def _has_answers(examples: list[dict]) -> bool:
+    return any(ex["answers"]["text"] for ex in examples)
 
 
 def _check_version(examples: list[dict], version_2: bool, path: str) -> bool:
@@ -90,7 +93,7 @@ def main(argv: list[str]) -> int:
         """Examples and features of one file, and whether it is SQuAD 2.0."""
         limit = args.max_train_samples if split == "train" else args.max_eval_samples
         examples = read_squad(path)[:limit]
-        unlabelled = split == "test" and not any(ex["answers"]["text"] for ex in examples)
+        unlabelled = split == "test" and not _has_answers(examples)
         version_2 = qa.version_2_with_negative if unlabelled else _check_version(
             examples, qa.version_2_with_negative, path)
         features = load_or_build_features(path, tokenizer, split="train" if split == "train" else "eval",
@@ -107,7 +110,7 @@ def main(argv: list[str]) -> int:
         if is_main_process():
             write_predictions(args.output_dir, result, prefix=None if prefix == "eval" else prefix)
         metrics = {f"{prefix}_samples": len(features)}
-        if any(ex["answers"]["text"] for ex in examples):  # test files may come without answers
+        if _has_answers(examples):  # test files may come without answers
             scores = squad_evaluate(examples, result.predictions, na_probs=result.null_odds if version_2 else None)
             metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
         return metrics
@@ -128,12 +131,9 @@ def main(argv: list[str]) -> int:
         tokenizer.save(args.output_dir)
     if args.do_eval:
         eval_metrics = evaluate(model)
-    if args.do_predict:
-        predict_metrics = score(model, *load(qa.test_file, "test"), prefix="predict")
-        if is_main_process():
-            log_metrics("predict", predict_metrics)
-            save_metrics(args.output_dir, "predict", predict_metrics)
+    predict_metrics = score(model, *load(qa.test_file, "test"), prefix="predict") if args.do_predict else None
     finish_run(run, args, profile, train_metrics=train_metrics, eval_metrics=eval_metrics,
+               predict_metrics=predict_metrics,
                model_name_or_path=qa.model_name_or_path or qa.config_name, task_name="Question Answering",
                task_type="question-answering",
                dataset_names=[p for p in (qa.train_file, qa.validation_file) if p],
