@@ -122,11 +122,11 @@ def test_missing_file_and_unknown_name():
 
 def test_overrides_are_typed():
     profile = resolve_profile("cpu", "compile=true, micro_batch_size=8,loss_scaling=1024,attention=math,tf32=0,"
-                                     "gradient_accumulation_steps=none,precision=fp16")
+                                     "gradient_accumulation_steps=none,precision=fp16,cpu_threads=3")
     assert profile.compile is True and profile.tf32 is False
     assert profile.micro_batch_size == 8 and profile.gradient_accumulation_steps is None
     assert profile.loss_scaling == "1024" and profile.static_loss_scale == 1024.0
-    assert profile.attention == "math"
+    assert profile.attention == "math" and profile.cpu_threads == 3
 
 
 def test_later_override_wins():
@@ -142,6 +142,7 @@ def test_later_override_wins():
     ("loss_scaling=-3", r"loss_scaling must be 'dynamic' or a positive number"),
     ("loss_scaling=lots", r"loss_scaling must be 'dynamic' or a positive number"),
     ("replicas=0", r"replicas must be >= 1"),
+    ("cpu_threads=0", r"cpu_threads must be >= 1"),
     ("device=tpu", r"device must be one of cpu, cuda"),
 ])
 def test_override_errors(overrides, match):

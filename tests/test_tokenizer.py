@@ -385,3 +385,51 @@ def test_tokenizer_json_roundtrip_without_data(tiny_bert, tmp_path):
     assert_same(ours(reloaded.encode_batch(texts, texts)), ours(tok.encode_batch(texts, texts)))
     reference = AutoTokenizer.from_pretrained(str(saved))
     assert_same(hf_encode(reference, texts, texts), ours(tok.encode_batch(texts, texts)))
+
+
+# ---------------------------------------------------------------------------------------------
+# added tokens of vocabulary-file folders
+
+
+@pytest.mark.parametrize("declared_in", ["added_tokens.json", "tokenizer_config.json"])
+def test_added_tokens_keep_their_ids_like_transformers(tiny_bert, declared_in):
+    first = len(WORDPIECE_VOCAB)
+    if declared_in == "added_tokens.json":  # legacy: special when a config names it, normalized otherwise
+        (tiny_bert / "added_tokens.json").write_text(json.dumps({"[NEW]": first + 1, "<ent>": first}))
+        (tiny_bert / "special_tokens_map.json").write_text(json.dumps({"extra_special_tokens": ["[NEW]"]}))
+    else:
+        declared = {str(i): {"content": c, "lstrip": False, "normalized": n, "rstrip": False, "single_word": False,
+                             "special": s}
+                    for i, c, n, s in [(0, "[PAD]", False, True), (first, "<ent>", True, False),
+                                       (first + 1, "[NEW]", False, True)]}
+        (tiny_bert / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": declared}))
+    tok = load_tokenizer(tiny_bert)
+    assert (tok.backend.token_to_id("<ent>"), tok.backend.token_to_id("[NEW]")) == (first, first + 1)
+    assert tok.vocab_size == first + 2
+    enc = tok.encode("Hello <ENT>world[NEW] hellos")
+    #                 [CLS] hello <ent>(lower-cased first) world [NEW] hello ##s [SEP]
+    assert enc.ids == [2, 5, first, 6, first + 1, 5, 7, 3]
+    ref = BertTokenizerFast.from_pretrained(str(tiny_bert))
+    texts = ["Hello <ENT>world[NEW] hellos", "<ent><ent> [NEW] un<ent>wanted", "[new] <Ent>"]
+    assert_same(ours(tok.encode_batch(texts, texts[::-1])), hf_encode(ref, texts, texts[::-1]))
+    saved = tok.save(tiny_bert.parent / "saved")
+    for reloaded in (load_tokenizer(saved), AutoTokenizer.from_pretrained(str(saved))):
+        got = ours(reloaded.encode_batch(texts)) if isinstance(reloaded, HoneTokenizer) else hf_encode(reloaded, texts)
+        assert_same(got, ours(tok.encode_batch(texts)))
+
+
+@pytest.mark.parametrize("file, content, match", [
+    ("added_tokens.json", {"<ent>": 99}, r"added_tokens.json: added token '<ent>' has id 99, .* gets id 15"),
+    ("added_tokens.json", {"<ent>": "15"}, r"added_tokens.json must be a JSON object mapping each added token"),
+    ("added_tokens.json", ["<ent>"], r"added_tokens.json must be a JSON object mapping each added token"),
+    ("tokenizer_config.json", {"added_tokens_decoder": {"x": {"content": "<e>"}}},
+     r"tokenizer_config.json: added_tokens_decoder entry 'x' must be an integer id"),
+    ("tokenizer_config.json", {"added_tokens_decoder": {"15": "<e>"}},
+     r"tokenizer_config.json: added_tokens_decoder entry '15' must be an integer id"),
+    ("tokenizer_config.json", {"added_tokens_decoder": ["<e>"]},
+     r"tokenizer_config.json: added_tokens_decoder must map ids to token objects"),
+])
+def test_added_token_errors_name_the_file(tiny_bert, file, content, match):
+    (tiny_bert / file).write_text(json.dumps(content))
+    with pytest.raises(TokenizerError, match=match):
+        load_tokenizer(tiny_bert)

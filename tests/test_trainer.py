@@ -329,6 +329,18 @@ def test_predict_yields_host_float32_per_batch():
     assert not model.training  # mode restored
 
 
+def test_profile_sets_cpu_threads(tmp_path):
+    """The single_thread fixture leaves 1 thread; the profile's cpu_threads wins for train and predict."""
+    two = HardwareProfile(name="cpu", device="cpu", cpu_threads=2)
+    Trainer(tiny_bert_qa(), make_args(tmp_path, max_steps=1), two, QADataset(n=8), collate)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    next(predict(tiny_bert_qa(), QADataset(n=4), collate, batch_size=4, profile=two))
+    assert torch.get_num_threads() == 2
+    next(predict(tiny_bert_qa(), QADataset(n=4), collate, batch_size=4, profile=CPU))
+    assert torch.get_num_threads() == 2  # no cpu_threads: torch's setting is left alone
+
+
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     profile = HardwareProfile(name="cpu-bf16", device="cpu", precision="bf16")
     model = tiny_bert_qa()

@@ -39,6 +39,7 @@ class HardwareProfile:
     micro_batch_size: int | None = None       # default per_device_train_batch_size
     gradient_accumulation_steps: int | None = None  # default accumulation
     pin_memory: bool = False
+    cpu_threads: int | None = None            # torch intra-op threads (default: torch's, one per core)
 
     @property
     def static_loss_scale(self) -> float | None:
@@ -232,7 +233,7 @@ def validate_profile(profile: HardwareProfile, *, check_device: bool = True) -> 
         if not ok:
             raise HardwareError(f"{where}: loss_scaling must be 'dynamic' or a positive number, "
                                 f"got '{profile.loss_scaling}'")
-    for key in ("replicas", "micro_batch_size", "gradient_accumulation_steps"):
+    for key in ("replicas", "micro_batch_size", "gradient_accumulation_steps", "cpu_threads"):
         value = getattr(profile, key)
         if value is not None and value < 1:
             raise HardwareError(f"{where}: {key} must be >= 1, got {value}")

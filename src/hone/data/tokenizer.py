@@ -7,7 +7,9 @@
 and builds the same pipeline transformers' fast tokenizers build from those files, so ids,
 offsets, token type ids and special-token masks match transformers token for token.
 `tokenizer_config.json`, `special_tokens_map.json` and `config.json` next to them supply
-special tokens, lower-casing and `model_max_length` when present.
+special tokens, lower-casing and `model_max_length` when present; the added tokens of a
+vocabulary-file folder come from `tokenizer_config.json`'s `added_tokens_decoder`, or else
+from the older `added_tokens.json`, and must keep the ids those files give them.
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ def load_tokenizer(path: str | Path) -> HoneTokenizer:
         found = sorted(p.name for p in folder.iterdir())
         raise TokenizerError(f"no tokenizer files in {folder} (found: {found or 'nothing'}); expected {EXPECTED_FILES}")
 
+    if kind != "tokenizer.json":  # tokenizer.json holds its added tokens itself
+        _add_declared_tokens(backend, folder, tok_config, special_map)
     specials = _special_tokens(flavour, backend, tok_config, special_map)
     missing = [tok for tok in specials.values() if tok is not None and tok.content not in _added_contents(backend)]
     if missing:  # register them as unsplittable special tokens (existing ids are kept), as transformers does
@@ -303,6 +307,58 @@ def _read_tokenizer_json(file: Path) -> Tokenizer:
     except Exception as err:
         raise TokenizerError(f"{file} is not a tokenizers serialization ({err}); re-save it with "
                              "tokenizers' Tokenizer.save or transformers' save_pretrained") from err
+
+
+def _add_declared_tokens(backend: Tokenizer, folder: Path, tok_config: dict, special_map: dict) -> None:
+    """Add the folder's declared added tokens in id order, as transformers does, checking each id.
+
+    A token whose id does not come out as declared would look up the wrong embedding row,
+    so that is an error rather than the silent renumbering transformers does.
+    """
+    if "added_tokens_decoder" in tok_config:
+        source, declared = folder / "tokenizer_config.json", tok_config["added_tokens_decoder"]
+        if not isinstance(declared, dict):
+            raise TokenizerError(f"{source}: added_tokens_decoder must map ids to token objects; "
+                                 "restore it from the original checkpoint")
+        tokens = {}
+        for key, spec in declared.items():
+            try:
+                flags = {f: bool(spec.get(f, False)) for f in ("single_word", "lstrip", "rstrip", "special")}
+                tokens[int(key)] = AddedToken(spec["content"], normalized=bool(spec.get("normalized", True)), **flags)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise TokenizerError(f"{source}: added_tokens_decoder entry {key!r} must be an integer id mapped to "
+                                     '{"content": ..., "special": ...}; restore it from the original checkpoint'
+                                     ) from None
+    elif (folder / "added_tokens.json").is_file():
+        source, declared = folder / "added_tokens.json", _read_json(folder / "added_tokens.json")
+        if not isinstance(declared, dict) or not all(type(i) is int for i in declared.values()):
+            raise TokenizerError(f"{source} must be a JSON object mapping each added token to its integer id")
+        named = _named_special_contents(tok_config, special_map)
+        tokens = {i: AddedToken(content, normalized=content not in named, special=content in named)
+                  for content, i in declared.items()}
+    else:
+        return
+    for index, token in sorted(tokens.items()):
+        backend.add_tokens([token])
+        given = backend.token_to_id(token.content)
+        if given != index:
+            raise TokenizerError(f"{source}: added token {token.content!r} has id {index}, but after the "
+                                 f"{backend.get_vocab_size(with_added_tokens=False)}-token vocabulary and the "
+                                 f"added tokens before it, it gets id {given}; the ids must continue the "
+                                 "vocabulary without gaps (fix the ids, or save the tokenizer as tokenizer.json)")
+
+
+def _named_special_contents(*sources: dict) -> set[str]:
+    """The special tokens the config files name (cls_token ..., plus the extra/additional lists)."""
+    named = set()
+    for source in sources:
+        extras = [*(source.get("additional_special_tokens") or []), *(source.get("extra_special_tokens") or [])]
+        if isinstance(source.get("extra_special_tokens"), dict):  # transformers 5: {name: token}
+            extras = [*(source.get("additional_special_tokens") or []), *source["extra_special_tokens"].values()]
+        for value in [*(source.get(k) for k in SPECIAL_NAMES), *extras]:
+            if isinstance(value, str) or (isinstance(value, dict) and "content" in value):
+                named.add(_content(value))
+    return named
 
 
 # ---------------------------------------------------------------------------------------------

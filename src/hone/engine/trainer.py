@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from hone import reporting
 from hone.config import TrainingArguments, effective_batch_sizes, validate_training_args
 from hone.engine import checkpointing, distributed
+from hone.engine.host_memory import release_free_host_memory
 from hone.engine.optim import build_optimizer, build_scheduler
 from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
 from hone.errors import HoneError
@@ -164,7 +165,13 @@ def _to_host(t: torch.Tensor) -> np.ndarray:
 
 
 def apply_execution_profile(model: nn.Module, profile: HardwareProfile) -> None:
-    """Switch the model to the profile's execution mode (hone models only: unpadded layers)."""
+    """Switch the model to the profile's execution mode (hone models only: unpadded layers).
+
+    Also sets the process's CPU thread count when the profile names one: on a shared
+    machine, fewer threads than cores avoids oversubscription, which hurts most.
+    """
+    if profile.cpu_threads is not None and torch.get_num_threads() != profile.cpu_threads:
+        torch.set_num_threads(profile.cpu_threads)
     if callable(getattr(model, "set_unpadded", None)):
         model.set_unpadded(profile.unpad)
 
@@ -195,6 +202,8 @@ def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,
                 yield {k: _to_host(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
     finally:
         model.train(was_training)
+        if device.type == "cpu":
+            release_free_host_memory()
 
 
 def check_output_dir(args: TrainingArguments) -> None:
@@ -354,6 +363,8 @@ class Trainer:
                 batches = iter(self.loader)
                 for step in plan:
                     self._train_step(batches, step)
+                    if device.type == "cpu" and state.global_step % HOST_TRIM_EVERY == 0:
+                        release_free_host_memory()
                     if state.global_step % args.logging_steps == 0 or state.global_step == self.total_steps:
                         self._log_step()
                     if self.eval_fn is not None and args.eval_steps and state.global_step % args.eval_steps == 0:
@@ -598,4 +609,8 @@ class Trainer:
         return rng_state
 
 
+# On CPU, freed heap pages go back to the OS every this many steps: with batches of varying
+# shape, fp32 MiniLM QA training then holds ~0.6 GB instead of its 3.2 GB peak; one trim
+# costs ~0.17 s there, against 2.5-3.6 s steps (measured, docs/training.md).
+HOST_TRIM_EVERY = 10
 _NO_BAD_STEP = 2**62  # "no non-finite loss yet" for the device-side first-bad-step tracker

@@ -1,0 +1,32 @@
+"""Hand freed host memory back to the operating system while training on a CPU.
+
+Batches of varying shape (dynamic padding, unpadded tokens) fragment glibc's heap: the
+activations of one step are freed, but the next step's differently sized ones do not fit
+the holes, so the process's resident memory climbs step after step. `malloc_trim` returns
+the free pages; the engine calls it every few steps on CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
+        return None
+
+
+def release_free_host_memory() -> bool:
+    """Return the heap's free pages to the OS; False where the C library has no malloc_trim."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
