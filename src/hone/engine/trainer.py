@@ -382,6 +382,7 @@ class Trainer:
             if self.is_main:
                 checkpointing.save_model(self.model, self.output_dir)
                 self._plot_loss_curve()
+            distributed.barrier()  # every rank returns with the output folder complete
         finally:
             self._close_logs()
 
