@@ -1,12 +1,15 @@
 """hone vs the transformers Trainer baseline on SQuAD 2.0: same model, data, settings, seed.
 
-Runs `hone qa` and benchmarks/qa_transformers_baseline.py one after the other on this
-machine and writes one JSON with both scores and wall times:
+Runs `hone qa` and benchmarks/qa_transformers_baseline.py on this machine, one after the
+other or (--parallel) side by side on one core each, and writes one JSON with both scores
+and wall times:
 
     python benchmarks/qa_squad_compare.py --model ../shared/data/models/all-MiniLM-L6-v2 \
         --train_file ../shared/data/squad/splits/dev-v2.0-articles-00-19.json \
         --validation_file ../shared/data/squad/splits/dev-v2.0-articles-20-34.json \
-        --lr 1e-4 --epochs 2 --precision bf16
+        --lr 2e-4 --epochs 2 --precision bf16 --baseline_padding dynamic --parallel
+
+The recorded result and how to read it: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def main() -> None:
     p.add_argument("--train_file", required=True)
     p.add_argument("--validation_file", required=True)
     p.add_argument("--work_dir", default=str(HERE / "work" / "qa-compare"))
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=42)

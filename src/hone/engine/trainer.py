@@ -610,8 +610,8 @@ class Trainer:
         return rng_state
 
 
-# On CPU, freed heap pages go back to the OS every this many steps: with batches of varying
-# shape, fp32 MiniLM QA training then holds ~0.6 GB instead of its 3.2 GB peak; one trim
-# costs ~0.17 s there, against 2.5-3.6 s steps (measured, docs/training.md).
-HOST_TRIM_EVERY = 10
+# On CPU, freed heap pages go back to the OS every this many steps. Each trim costs ~1-2 s
+# of MiniLM QA training (the call, then faulting the pages back in), so every 10 steps was
+# 4-7% slower; at 50 that is ~1%, and long bf16 runs still stop climbing (docs/training.md).
+HOST_TRIM_EVERY = 50
 _NO_BAD_STEP = 2**62  # "no non-finite loss yet" for the device-side first-bad-step tracker
