@@ -150,6 +150,19 @@ def test_short_data_repeats_in_a_new_order(tmp_path, tiny_dir, sst_file):
     assert list(r["systems"]) == ["hone"] and "hone_vs_transformers" not in r
 
 
+@pytest.mark.parametrize("flags", [["--threads", "1"], ["--hardware_overrides", "cpu_threads=1"]])
+def test_threads_come_from_the_flag_or_the_profile(tmp_path, tiny_dir, sst_file, flags):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = bench(tmp_path, "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+                  "--seq_len", "32", "--batch_size", "2", "--steps", "1", "--warmup", "0", "--systems", "hone", *flags)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["machine"]["torch_threads"] == 1
+    assert r["settings"]["threads"] == r["settings"]["hardware"]["cpu_threads"] == 1
+
+
 def test_cli_table_runs_bench(tmp_path, tiny_dir, sst_file):
     out = tmp_path / "cli.json"
     assert cli.main(["bench", "train", "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),

@@ -36,7 +36,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -452,12 +452,14 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
         raise BenchError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BenchError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
+    if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
+        profile = replace(profile, cpu_threads=args.threads)
+    if profile.cpu_threads is not None:
+        torch.set_num_threads(profile.cpu_threads)
     device = torch.device(profile.device)
     hone_task, auto_class, _ = TASKS[args.task]
     config, folder = resolve_model_config(args.model_config, args.task)
@@ -538,7 +540,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
             "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
             "systems": systems, "mode": args.mode, "compile_baseline": args.compile_baseline,
-            "threads": args.threads,
+            "threads": profile.cpu_threads,
             "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
             "hardware": asdict(profile),
         },
@@ -594,8 +596,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--learning_rate", "--lr", type=float, default=5e-5, help="AdamW learning rate (both).")
     p.add_argument("--dropout", type=float, help="Set every dropout of the model (default: its config's).")
     p.add_argument("--seed", type=int, default=42, help="Sample order, fresh weights, masking.")
-    p.add_argument("--threads", type=int, help="torch CPU threads for both systems (default: torch's, one per "
-                                               "core). 1 keeps a shared CPU's other load from stalling every op.")
+    p.add_argument("--threads", type=int, help="torch CPU threads for both systems: the profile's cpu_threads (default: "
+                                               "torch's, one per core). 1 keeps a shared CPU's other load from "
+                                               "stalling every op.")
     p.add_argument("--out", help="JSON file to write (default benchmarks/results/bench-<task>-<model>-"
                                  "<hardware>-<date>-<time>.json).")
     return parser.parse_args(argv)

@@ -352,10 +352,11 @@ def _named_special_contents(*sources: dict) -> set[str]:
     """The special tokens the config files name (cls_token ..., plus the extra/additional lists)."""
     named = set()
     for source in sources:
-        extras = [*(source.get("additional_special_tokens") or []), *(source.get("extra_special_tokens") or [])]
-        if isinstance(source.get("extra_special_tokens"), dict):  # transformers 5: {name: token}
-            extras = [*(source.get("additional_special_tokens") or []), *source["extra_special_tokens"].values()]
-        for value in [*(source.get(k) for k in SPECIAL_NAMES), *extras]:
+        extra = source.get("extra_special_tokens") or []
+        if isinstance(extra, dict):  # transformers 5 also writes {name: token}
+            extra = list(extra.values())
+        for value in [*(source.get(k) for k in SPECIAL_NAMES), *(source.get("additional_special_tokens") or []),
+                      *extra]:
             if isinstance(value, str) or (isinstance(value, dict) and "content" in value):
                 named.add(_content(value))
     return named
