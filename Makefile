@@ -19,10 +19,10 @@ demo: setup
 	$(VENV)/bin/hone demo --output_dir outputs/demo
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -rs
 
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -rs -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs

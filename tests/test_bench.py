@@ -20,10 +20,11 @@ from hone.data.squad import prepare_train_features, read_squad
 from hone.data.synthetic import make_synthetic_squad
 from hone.data.tokenizer import load_tokenizer
 from hone.models.checkpoint import build_model, config_from_dict
+from paths import DATA as SHARED_DATA
 
 pytest.importorskip("transformers")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 WIKITEXT = DATA / "wikitext" / "wikitext-2-raw" / "wiki.valid.raw"
 SEQ = 128
 

@@ -14,6 +14,7 @@ import hone
 from hone.models.bert import BertConfig, RobertaConfig
 from hone.models.checkpoint import CheckpointError, build_model, load_config, load_model
 from hone.models.gpt2 import GPT2Config
+from paths import DATA as SHARED_DATA
 
 TINY_BERT = {
     "model_type": "bert", "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2,
@@ -46,7 +47,7 @@ def test_config_round_trips_and_keeps_unknown_keys():
 
 
 def test_minilm_config_round_trips():
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "all-MiniLM-L6-v2" / "config.json"
+    path = SHARED_DATA / "models" / "all-MiniLM-L6-v2" / "config.json"
     if not path.is_file():
         pytest.skip(f"{path} is absent")
     d = json.loads(path.read_text())

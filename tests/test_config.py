@@ -7,16 +7,12 @@ import logging
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from hone.config import IPU_FLAGS, TrainingArguments, format_effective_config, parse_args
 from hone.hardware import HardwareProfile, resolve_profile
-
-SEEDS = Path("/work/shared/seeds")
-if not SEEDS.is_dir():
-    SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+from paths import SEEDS
 
 
 def seed_command(prefix: str, script: str, end: str = "```") -> list[str]:

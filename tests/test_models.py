@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +15,11 @@ import torch
 import hone
 from hone.models.checkpoint import build_model
 from hone.models.padding import AttentionLayout, attention
+from paths import DATA as SHARED_DATA
 
 transformers = pytest.importorskip("transformers")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 MINILM = DATA / "models" / "all-MiniLM-L6-v2"
 VOCAB = 99
 TOL = 1e-5

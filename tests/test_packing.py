@@ -9,7 +9,6 @@ loss is defined as the unpacked loss under unpadded execution (padding out of th
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +24,10 @@ from hone.data.packing import (
     pack_collate,
     unpack,
 )
+from paths import DATA as SHARED_DATA
 from test_unpadded import VOCAB, assert_close, make_model  # same tiny models as the unpadded tests
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 MINILM = DATA / "models" / "all-MiniLM-L6-v2"
 SQUAD_EVAL = DATA / "squad" / "splits" / "dev-v2.0-articles-20-34.json"
 LENGTHS = (9, 3, 6, 2, 7, 4, 5, 12)

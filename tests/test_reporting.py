@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,10 +24,7 @@ from hone.reporting import (
     save_metrics,
     write_model_card,
 )
-
-SEEDS = Path("/work/shared/seeds")
-if not SEEDS.is_dir():
-    SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+from paths import SEEDS
 
 # Seed 000's runs, with raw values that the Trainer printed as the seed's block.
 TRAIN = {"epoch": 3.0, "train_loss": 0.99823412, "train_runtime": 284.2187, "train_samples": 131823,

@@ -21,8 +21,9 @@ from hone.data.squad import (
     read_squad,
 )
 from hone.data.tokenizer import load_tokenizer
+from paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 EVAL_SPLIT = DATA / "squad" / "splits" / "dev-v2.0-articles-20-34.json"
 MINILM = DATA / "models" / "all-MiniLM-L6-v2"
 ROBERTA = DATA / "tokenizers" / "roberta-base"

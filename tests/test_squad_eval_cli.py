@@ -1,13 +1,13 @@
 """`hone squad-eval` through hone.cli.main: official numbers, messages and input errors."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hone.cli import main
+from paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+DATA = SHARED_DATA / "squad"
 
 
 def small_dataset(v2: bool) -> dict:

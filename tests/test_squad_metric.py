@@ -9,7 +9,6 @@ import json
 import random
 import re
 import string
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,9 @@ from hone.metrics.squad import (
     read_squad_json,
     squad_evaluate,
 )
+from paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+DATA = SHARED_DATA / "squad"
 
 
 # ------------------------------------------------------------------ official evaluate-v2.0.py, transcribed

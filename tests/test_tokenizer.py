@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from paths import DATA as SHARED_DATA
+
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, BertTokenizerFast, GPT2TokenizerFast, RobertaTokenizerFast  # noqa: E402
 
 import hone  # noqa: E402
 from hone.data.tokenizer import HoneTokenizer, TokenizerError, load_tokenizer  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def needs_data(test):

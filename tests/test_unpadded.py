@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +24,9 @@ from hone.models.padding import (
     attention_on_grid,
     attention_per_sequence,
 )
+from paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 MINILM = DATA / "models" / "all-MiniLM-L6-v2"
 SQUAD_EVAL = DATA / "squad" / "splits" / "dev-v2.0-articles-20-34.json"
 VOCAB = 99
