@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hone.engine import checkpointing  # noqa: E402
 from hone.engine.checkpointing import CheckpointError  # noqa: E402
+from hone.engine.output_dir import OutputDir  # noqa: E402
 from hone.engine.trainer import Trainer, TrainerCallback  # noqa: E402
 from test_trainer import CPU, QADataset, collate, make_args, single_thread, tiny_bert_qa  # noqa: E402,F401
 
@@ -97,18 +98,24 @@ def test_failed_save_leaves_no_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        checkpointing.save_checkpoint(tmp_path, 5, model=model, optimizer=optimizer, scheduler=scheduler,
+        checkpointing.save_checkpoint(OutputDir(tmp_path), 5, model=model, optimizer=optimizer, scheduler=scheduler,
                                       scaler=scaler, state={"global_step": 5}, rng_states=[])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_rotation_keeps_the_newest(tmp_path):
+def test_rotation_keeps_the_newest_and_the_best_and_never_another_runs(tmp_path):
+    output = OutputDir(tmp_path)
+    (tmp_path / "checkpoint-1").mkdir()  # not written by this run: never deleted by its rotation
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text("{}")
     for step in (5, 10, 15, 20):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    deleted = checkpointing.rotate_checkpoints(tmp_path, 2, keep=tmp_path / "checkpoint-5")
+        output.write_folder(f"checkpoint-{step}", lambda d: (d / "trainer_state.json").write_text("{}"),
+                            kind="checkpoint")
+    keep = {tmp_path / "checkpoint-5", tmp_path / "checkpoint-20"}
+    deleted = checkpointing.rotate_checkpoints(output, 2, keep=keep)
     assert sorted(p.name for p in deleted) == ["checkpoint-10", "checkpoint-15"]
-    assert [p.name for p in checkpointing.list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-20"]
+    assert [p.name for p in checkpointing.list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-5",
+                                                                          "checkpoint-20"]
+    assert "checkpoint-10" not in output.outputs
 
 
 class TiedLM(torch.nn.Module):

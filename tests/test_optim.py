@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import types
 from dataclasses import dataclass
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from hone.config import TrainingArguments
+from hone.config import SCHEDULE_NAMES, TrainingArguments
 from hone.engine.optim import (
+    SCHEDULES,
     Lamb,
     OptimizerConfigError,
     build_optimizer,
@@ -186,8 +188,21 @@ def test_cuda_fused_adamw_and_lamb_without_host_sync():
 
 
 def test_unknown_optimizer_errors_clearly():
-    with pytest.raises(ValueError, match=r"Unknown optimizer 'sgd'.*adamw, lamb"):
-        build_optimizer(tiny_bert(), TrainingArguments(optim="sgd"), HardwareProfile())
+    args = TrainingArguments()
+    args.optim = "rmsprop"  # parse_args refuses it first (choices); the builder names it too
+    with pytest.raises(KeyError):
+        build_optimizer(tiny_bert(), args, HardwareProfile())
+
+
+@pytest.mark.parametrize("optim, expected", [("adamw_torch", torch.optim.AdamW), ("adamw_hf", torch.optim.AdamW),
+                                             ("adamw_torch_fused", torch.optim.AdamW), ("sgd", torch.optim.SGD),
+                                             ("adafactor", torch.optim.Adafactor), ("lamb", Lamb)])
+def test_transformers_optim_names(optim, expected):
+    optimizer = build_optimizer(tiny_bert(), TrainingArguments(optim=optim, learning_rate=1e-3, weight_decay=0.01),
+                                HardwareProfile())
+    assert type(optimizer) is expected
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]  # the same decay groups
+    assert all(g["lr"] == 1e-3 for g in optimizer.param_groups)
 
 
 # ----------------------------------------------------------------------------- groups
@@ -268,14 +283,29 @@ def test_no_layerwise_decay_gives_two_groups():
 
 # ----------------------------------------------------------------------------- schedules
 
-@pytest.mark.parametrize("kind", ["linear", "cosine", "polynomial", "constant", "constant_with_warmup"])
+# schedule -> (hone's --lr_scheduler_kwargs, what transformers' get_scheduler takes for the same)
+SCHEDULE_KWARGS = {
+    "polynomial": ({}, {"lr_end": 1e-5, "power": 2.0}),
+    "cosine_with_restarts": ({"num_cycles": 3}, {"num_cycles": 3}),
+    "cosine_with_min_lr": ({"min_lr_rate": 0.1}, {"min_lr_rate": 0.1}),
+    "inverse_sqrt": ({"timescale": 7}, {"timescale": 7}),
+}
+
+
+def test_every_schedule_name_has_a_schedule():
+    assert set(SCHEDULES) == set(SCHEDULE_NAMES)
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_NAMES)
 @pytest.mark.parametrize("warmup_steps, warmup_ratio, total", [(0, 0.0, 20), (3, 0.0, 20), (0, 0.07, 100),
                                                                 (0, 0.06, 25), (5, 0.0, 5)])
 def test_schedules_equal_transformers(kind, warmup_steps, warmup_ratio, total):
     if kind == "polynomial" and warmup_steps == total:
         pytest.skip("transformers divides by zero when warmup == total steps")
+    ours_kwargs, hf_kwargs = SCHEDULE_KWARGS.get(kind, ({}, None))
     args = TrainingArguments(learning_rate=1e-3, layerwise_lr_decay=0.8, lr_scheduler_type=kind,
-                             warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, lr_end=1e-5, lr_power=2.0)
+                             warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, lr_end=1e-5, lr_power=2.0,
+                             lr_scheduler_kwargs=json.dumps(ours_kwargs) if ours_kwargs else None)
     # transformers >= 5 spells the ratio as a fractional warmup_steps
     hf_warmup = transformers.TrainingArguments.get_warmup_steps(
         types.SimpleNamespace(warmup_steps=warmup_steps or warmup_ratio), total)
@@ -285,7 +315,7 @@ def test_schedules_equal_transformers(kind, warmup_steps, warmup_ratio, total):
     hf_opt = build_optimizer(model, args, HardwareProfile())
     ours = build_scheduler(ours_opt, args, total)
     hf = get_scheduler(kind, hf_opt, num_warmup_steps=hf_warmup, num_training_steps=total,
-                       scheduler_specific_kwargs={"lr_end": 1e-5, "power": 2.0} if kind == "polynomial" else None)
+                       scheduler_specific_kwargs=hf_kwargs)
     for _ in range(total + 2):  # and past the end
         np.testing.assert_allclose(ours.get_last_lr(), hf.get_last_lr(), rtol=0, atol=1e-12)
         ours_opt.step(), hf_opt.step()
@@ -301,6 +331,7 @@ def test_warmup_ratio_rounds_up():
 @pytest.mark.parametrize("field, value, match", [
     ("lr_scheduler_type", "step", "Unknown lr_scheduler_type 'step'"),
     ("lr_end", 1.0, "lr_end"),
+    ("lr_scheduler_kwargs", '{"num_cycles": 2}', "num_cycles not used by the polynomial schedule"),
 ])
 def test_bad_schedule_settings_error_clearly(field, value, match):
     args = TrainingArguments(**{"lr_scheduler_type": "polynomial", "learning_rate": 1e-3, field: value})

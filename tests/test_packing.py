@@ -20,10 +20,10 @@ from hone.data.packing import (
     PackCollator,
     PackingError,
     first_fit_decreasing,
-    first_position_id,
     pack_collate,
     unpack,
 )
+from hone.models.bert import RobertaConfig
 from paths import DATA as SHARED_DATA
 from test_unpadded import VOCAB, assert_close, make_model  # same tiny models as the unpadded tests
 
@@ -75,7 +75,7 @@ def test_pack_collate_by_hand():
     assert batch["end_positions"].tolist() == [0, 2, 1]
 
     roberta = pack_collate([{"input_ids": [0, 5, 2], "labels": [-100, 5, -100]}], 8, pad_token_id=1,
-                           first_position=first_position_id("roberta", 1))
+                           first_position=RobertaConfig(pad_token_id=1).position_offset)
     assert roberta["position_ids"].tolist() == [[2, 3, 4]]  # RoBERTa counts from pad + 1
     assert roberta["labels"].tolist() == [[-100, 5, -100]]  # token labels stay per token
     multi = pack_collate([{"input_ids": [3, 4], "labels": np.array([1.0, 0.0, 1.0])}] * 2, 8, 0)

@@ -110,7 +110,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
 
     out = tmp_path / "full"
     out.mkdir()
-    (out / "something").write_text("x")
+    (out / "config.json").write_text("{}")  # a file the run would replace
     args = _qa_args(root, model_dir, out)
     assert hone(args) == 2
     assert "--overwrite_output_dir" in capsys.readouterr().err
@@ -124,6 +124,8 @@ def test_demo_runs_the_pipeline_on_generated_data(setup, tmp_path, capsys):
     results = json.loads((out / "model" / "all_results.json").read_text())
     assert results["eval_total"] == 12 and results["train_samples"] == 24
     assert (out / "model" / "README.md").exists() and (out / "data" / "train.json").exists()
+    assert hone(["demo", "--output_dir", str(out), "--model_name_or_path", str(model_dir), "--train_paragraphs",
+                 "8", "--eval_paragraphs", "4", "--num_train_epochs", "1", "--hardware", "cpu", "--disable_tqdm"]) == 0
 
 
 def test_demo_model_comes_from_the_pypi_package(tmp_path):

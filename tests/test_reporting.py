@@ -21,7 +21,7 @@ from hone.reporting import (
     format_metrics,
     hyperparameters_for_card,
     log_metrics,
-    save_metrics,
+    save_results,
     write_model_card,
 )
 from paths import SEEDS
@@ -92,8 +92,8 @@ def test_save_metrics_matches_transformers(tmp_path):
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     theirs.mkdir()
     trainer = SimpleNamespace(is_world_process_zero=lambda: True, args=SimpleNamespace(output_dir=str(theirs)))
+    save_results(ours, {"train": TRAIN, "eval": EVAL})
     for split, metrics in (("train", TRAIN), ("eval", EVAL)):
-        save_metrics(ours, split, metrics)
         trainer_pt_utils.save_metrics(trainer, split, metrics)
     for name in ("train_results.json", "eval_results.json", "all_results.json"):
         assert (ours / name).read_text() == (theirs / name).read_text(), name
@@ -103,10 +103,11 @@ def test_save_metrics_matches_transformers(tmp_path):
     assert sorted(p.name for p in ours.iterdir()) == ["all_results.json", "eval_results.json", "train_results.json"]
 
 
-def test_save_metrics_not_combined_and_numpy(tmp_path):
-    save_metrics(tmp_path, "test", {"test_loss": np.float32(0.5), "test_samples": np.int64(3)}, combined=False)
-    assert json.loads((tmp_path / "test_results.json").read_text()) == {"test_loss": 0.5, "test_samples": 3}
-    assert not (tmp_path / "all_results.json").exists()
+def test_results_are_this_runs_only_and_numpy_is_written_as_numbers(tmp_path):
+    (tmp_path / "all_results.json").write_text('{"eval_f1": 99.0}')  # an earlier run's
+    save_results(tmp_path, {"predict": {"predict_loss": np.float32(0.5), "predict_samples": np.int64(3)}})
+    assert json.loads((tmp_path / "predict_results.json").read_text()) == {"predict_loss": 0.5, "predict_samples": 3}
+    assert json.loads((tmp_path / "all_results.json").read_text()) == {"predict_loss": 0.5, "predict_samples": 3}
 
 
 def test_command_line_in_the_seeds_layout():

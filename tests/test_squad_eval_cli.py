@@ -92,7 +92,7 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, v2):
         ([tmp_path / "absent.json", good], "absent.json"),
         ([write(tmp_path, "broken.json", '{"version": "1.1", "data": ['), good], "not valid JSON"),
         ([write(tmp_path, "nodata.json", {"version": "1.1"}), good], "'data'"),
-        ([write(tmp_path, "noqid.json", {"data": [{"paragraphs": [{"qas": [{"answers": []}]}]}]}), good], "'id'"),
+        ([write(tmp_path, "noqid.json", {"data": [{"paragraphs": [{"context": "c", "qas": [{"answers": []}]}]}]}), good], "'id'"),
         ([data, write(tmp_path, "list.json", ["Rollo"])], "JSON object"),
         ([data, write(tmp_path, "num.json", {"q1": "Rollo", "q2": 911})], "'q2'"),
         ([data, good, "--na-prob-file", write(tmp_path, "na.json", {"q1": 0.1})], "'q2'"),

@@ -1,12 +1,11 @@
 """postprocess_qa_predictions against a plain transcription of transformers' utils_qa loop."""
 
 import collections
-import json
 
 import numpy as np
 import pytest
 
-from hone.metrics.squad import QAPredictions, SquadFormatError, postprocess_qa_predictions, write_predictions
+from hone.metrics.squad import QAPredictions, SquadFormatError, postprocess_qa_predictions
 
 # ------------------------------------------------------------------ reference: utils_qa's loop
 
@@ -239,16 +238,15 @@ def test_bad_inputs():
 
 
 @pytest.mark.parametrize("v2", [False, True])
-def test_write_predictions(tmp_path, v2):
+def test_prediction_files(v2):
     rng = np.random.default_rng(0)
     examples, example_index, offsets = make_features(rng, 5)
     logits = rng.standard_normal((2, *offsets.shape[:2])).astype(np.float32)
     out = postprocess_qa_predictions(examples, example_index, offsets, *logits, version_2_with_negative=v2)
-    written = write_predictions(tmp_path / "run", out, prefix="eval")
+    files = out.files(prefix="eval")
     names = ["eval_predictions.json", "eval_nbest_predictions.json"] + (["eval_null_odds.json"] if v2 else [])
-    assert [p.name for p in written] == names
-    assert json.loads((tmp_path / "run" / "eval_predictions.json").read_text()) == out.predictions
-    assert json.loads((tmp_path / "run" / "eval_nbest_predictions.json").read_text()) == out.nbest
+    assert list(files) == names
+    assert files["eval_predictions.json"] is out.predictions and files["eval_nbest_predictions.json"] is out.nbest
     if v2:
-        assert json.loads((tmp_path / "run" / "eval_null_odds.json").read_text()) == out.null_odds
-    assert [p.name for p in write_predictions(tmp_path, out)][0] == "predictions.json"
+        assert files["eval_null_odds.json"] is out.null_odds
+    assert list(out.files())[0] == "predictions.json"

@@ -52,7 +52,7 @@ from hone.data.tokenizer import HoneTokenizer, TokenizerError, load_tokenizer
 from hone.engine.optim import OptimizerConfigError, build_optimizer
 from hone.engine.precision import PrecisionConfigError, autocast, autocast_dtype, build_loss_scaler, configure_tf32
 from hone.hardware import HardwareError, HardwareProfile, cpu_supports_bf16, resolve_profile
-from hone.models.base import ConfigError, ModelConfig, PreTrainedModule
+from hone.models.base import ModelConfig, ModelConfigError, PreTrainedModule
 from hone.models.checkpoint import (
     MODEL_CLASSES,
     CheckpointError,
@@ -99,7 +99,7 @@ _DROPOUT_FIELDS = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
                    "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
 
 # Errors that carry a message for the user (all ValueError subclasses): printed, no traceback.
-USER_ERRORS = (BenchError, CheckpointError, ConfigError, FeatureSettingsError, HardwareError,
+USER_ERRORS = (BenchError, CheckpointError, ModelConfigError, FeatureSettingsError, HardwareError,
                OptimizerConfigError, PackingError, PrecisionConfigError, SquadFormatError, TokenizerError)
 
 

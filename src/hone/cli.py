@@ -1,7 +1,9 @@
 """The `hone` command: a table of subcommands, each handed to a recipe.
 
-No logic lives here: every entry names a module with a `main(argv) -> int`. Errors hone
-raises on purpose (HoneError) print as one line; HONE_DEBUG=1 shows their traceback.
+No logic lives here: every entry names a `module` (whose `main(argv) -> int` runs) or a
+`module:function` with that signature. Errors hone
+raises on purpose (HoneError) print as one line and exit 2; Ctrl-C prints one line and exits
+130; HONE_DEBUG=1 shows the traceback of either.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import os
 import sys
 
 from hone import __version__
-from hone.errors import HoneError
+from hone.errors import HoneError, RunInterrupted
 
-# name -> (module with main(argv), one-line help)
+# name -> ("module" with main(argv), or "module:function"; one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hone.tasks.demo", "Train + evaluate QA end to end on built-in data (no download)."),
     "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
@@ -51,14 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"hone: unknown command '{name}'. Commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
-        return int(module.main(rest) or 0)
+        module_name, _, function = SUBCOMMANDS[name][0].partition(":")
+        entry = getattr(importlib.import_module(module_name), function or "main")
+        return int(entry(rest) or 0)
+    except RunInterrupted as e:
+        if os.environ.get("HONE_DEBUG"):
+            raise
+        print(f"\nhone {name}: {e}", file=sys.stderr)
+        return 130
     except HoneError as e:
         if os.environ.get("HONE_DEBUG"):
             raise
         print(f"hone {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("HONE_DEBUG"):
+            raise
+        print(f"\nhone {name}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `hone ... | head`
         sys.stderr.close()
         return 0

@@ -2,13 +2,15 @@
 
 Users arrive with command lines written for `run_qa.py`/`run_glue.py`; keeping the
 names and meanings identical means those lines run with only IPU flags changed. The
-IPU flags themselves are accepted with a one-line notice each (`IPU_FLAGS`), so a seed
-command line runs unchanged.
+IPU flags, and transformers flags that mean nothing here, are accepted with a one-line
+notice each (`NOTICE_FLAGS`), so a seed command line runs unchanged. Flags about how a run
+executes (--fp16, --bf16, --tf32, --gradient_checkpointing, --torch_compile, --use_cpu)
+become edits of the hardware profile, which decides execution in one place.
 
 `parse_args` builds one argparse parser from any number of dataclasses (like
 transformers' HfArgumentParser), merges a `--config` YAML/JSON file under the command line
-(the command line wins) and validates the result; every mistake exits with status 2 and a
-one-line message, never a traceback.
+(the command line wins) and validates the result; every mistake raises ConfigError, which
+the CLI prints as one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import sys
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,56 +40,130 @@ from hone.hardware import (
 
 log = logging.getLogger("hone")
 
+def arg(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[str] | None = None,
+        trains: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field that becomes a `--flag`: its help, allowed values, and whether it shapes
+    training (`trains`: a checkpoint trained otherwise is refused on resume, unless overridden)."""
+    metadata = {"help": help, "trains": trains}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+STRATEGIES = ("no", "steps", "epoch")
+SCHEDULE_NAMES = ("linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant",
+                  "constant_with_warmup", "inverse_sqrt")
+# transformers' --optim values -> hone's optimiser (the profile decides fused or foreach)
+OPTIMIZER_NAMES = {"adamw": "adamw", "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw",
+                   "adamw_apex_fused": "adamw", "lamb": "lamb", "sgd": "sgd", "adafactor": "adafactor"}
+
+
 @dataclass
 class TrainingArguments:
-    output_dir: str = field(default="outputs", metadata={"help": "Where checkpoints, results and the model card go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Reuse a non-empty output_dir."})
-    do_train: bool = field(default=False, metadata={"help": "Run training."})
-    do_eval: bool = field(default=False, metadata={"help": "Run evaluation on the validation set."})
-    do_predict: bool = field(default=False, metadata={"help": "Run prediction on the test set."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs to train (fractions allowed)."})
-    max_steps: int = field(default=-1, metadata={"help": "If > 0, total optimizer steps (overrides epochs)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Micro batch per device for training."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Batch per device for evaluation."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro batches per optimizer step."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay (not on biases/LayerNorm)."})
-    adam_beta1: float = field(default=0.9, metadata={"help": "Adam/LAMB beta1."})
-    adam_beta2: float = field(default=0.999, metadata={"help": "Adam/LAMB beta2."})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam/LAMB epsilon."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this global norm (0 disables)."})
-    lr_scheduler_type: str = field(
-        default="linear",
-        metadata={"help": "linear, cosine, polynomial, constant or constant_with_warmup.",
-                  "choices": ["linear", "cosine", "polynomial", "constant", "constant_with_warmup"]},
-    )
-    lr_end: float = field(default=1e-7, metadata={"help": "Final learning rate of the polynomial schedule."})
-    lr_power: float = field(default=1.0, metadata={"help": "Power of the polynomial schedule."})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup as a fraction of total steps."})
-    warmup_steps: int = field(default=0, metadata={"help": "Warmup steps (overrides warmup_ratio when > 0)."})
-    optim: str = field(default="adamw", metadata={"help": "adamw or lamb.", "choices": ["adamw", "lamb"]})
-    lamb: bool = field(default=False, metadata={"help": "Use LAMB (same as --optim lamb)."})
-    lamb_no_bias_correction: bool = field(default=False, metadata={"help": "LAMB without Adam bias correction."})
-    layerwise_lr_decay: float = field(default=1.0, metadata={"help": "ELECTRA layer-wise LR decay factor (1.0 = off)."})
-    seed: int = field(default=42, metadata={"help": "Random seed for weights init, shuffling and dropout."})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N optimizer steps (<= 0: only at the end)."})
-    save_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
-    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps during training."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes for data loading."})
-    dataloader_drop_last: bool = field(default=False, metadata={"help": "Drop the last incomplete batch."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Checkpoint folder, or 'latest'."})
-    report_to: str = field(default="none", metadata={"help": "none or tensorboard.",
-                                                     "choices": ["none", "tensorboard"]})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set (debugging)."})
-    hardware: str = field(default="auto", metadata={"help": "Hardware profile: cpu, a100, h100, auto or a YAML file."})
-    hardware_overrides: str | None = field(default=None, metadata={"help": "Edit the profile: 'k=v,k=v'."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    """transformers' TrainingArguments that hone implements: same names, defaults and meaning."""
+
+    output_dir: str = arg("outputs", "Where checkpoints, results and the model card go.")
+    overwrite_output_dir: bool = arg(False, "Start over in a used output_dir: remove what earlier hone runs "
+                                            "wrote there (checkpoints included); other files stay.")
+    do_train: bool = arg(False, "Run training.")
+    do_eval: bool = arg(False, "Run evaluation on the validation set.")
+    do_predict: bool = arg(False, "Run prediction on the test set.")
+    num_train_epochs: float = arg(3.0, "Epochs to train (fractions allowed).", trains=True)
+    max_steps: int = arg(-1, "If > 0, total optimizer steps (overrides epochs).", trains=True)
+    per_device_train_batch_size: int = arg(8, "Micro batch per device for training.")
+    per_device_eval_batch_size: int = arg(8, "Batch per device for evaluation.")
+    gradient_accumulation_steps: int = arg(1, "Micro batches per optimizer step.")
+    learning_rate: float = arg(5e-5, "Peak learning rate.", trains=True)
+    weight_decay: float = arg(0.0, "Decoupled weight decay (not on biases/LayerNorm).", trains=True)
+    adam_beta1: float = arg(0.9, "Adam/LAMB beta1.", trains=True)
+    adam_beta2: float = arg(0.999, "Adam/LAMB beta2.", trains=True)
+    adam_epsilon: float = arg(1e-8, "Adam/LAMB epsilon.", trains=True)
+    max_grad_norm: float = arg(1.0, "Clip gradients to this global norm (0 disables).", trains=True)
+    lr_scheduler_type: str = arg("linear", "Learning-rate schedule.", choices=SCHEDULE_NAMES, trains=True)
+    lr_scheduler_kwargs: str | None = arg(None, "JSON options of the schedule, e.g. '{\"num_cycles\": 2}' "
+                                                "(cosine_with_restarts) or '{\"min_lr_rate\": 0.1}' "
+                                                "(cosine_with_min_lr).", trains=True)
+    lr_end: float = arg(1e-7, "Final learning rate of the polynomial schedule.", trains=True)
+    lr_power: float = arg(1.0, "Power of the polynomial schedule.", trains=True)
+    warmup_ratio: float = arg(0.0, "Warmup as a fraction of total steps.", trains=True)
+    warmup_steps: int = arg(0, "Warmup steps (overrides warmup_ratio when > 0).", trains=True)
+    optim: str = arg("adamw_torch", "Optimizer: adamw_torch (and its aliases), lamb, sgd or adafactor.",
+                     choices=OPTIMIZER_NAMES, trains=True)
+    lamb: bool = arg(False, "Use LAMB (same as --optim lamb).", trains=True)
+    lamb_no_bias_correction: bool = arg(False, "LAMB without Adam bias correction.", trains=True)
+    layerwise_lr_decay: float = arg(1.0, "ELECTRA layer-wise LR decay factor (1.0 = off).", trains=True)
+    seed: int = arg(42, "Random seed for weights init, shuffling and dropout.", trains=True)
+    fp16: bool = arg(False, "Mixed precision in fp16 with loss scaling (sets the profile's precision).")
+    bf16: bool = arg(False, "Mixed precision in bf16 (sets the profile's precision).")
+    tf32: bool | None = arg(None, "Allow TF32 matmuls on Ampere+ GPUs (sets the profile's tf32).")
+    use_cpu: bool = arg(False, "Run on the CPU even where a GPU is present (the cpu profile).")
+    no_cuda: bool = arg(False, "Older name of --use_cpu.")
+    gradient_checkpointing: bool = arg(False, "Recompute every layer in backward to save memory.")
+    torch_compile: bool = arg(False, "torch.compile the model (sets the profile's compile).")
+    logging_strategy: str = arg("steps", "When to log training loss.", choices=STRATEGIES)
+    logging_steps: int = arg(10, "Log every N optimizer steps.")
+    logging_first_step: bool = arg(False, "Also log the first step.")
+    eval_strategy: str = arg("no", "When to evaluate during training (steps: every eval_steps).",
+                             choices=STRATEGIES)
+    eval_steps: int | None = arg(None, "Evaluate every N steps (default: logging_steps).")
+    save_strategy: str = arg("steps", "When to save checkpoints.", choices=STRATEGIES)
+    save_steps: int = arg(500, "Checkpoint every N optimizer steps (<= 0: only at the end).")
+    save_total_limit: int | None = arg(None, "Keep at most N checkpoints (the best one always stays).")
+    save_safetensors: bool = arg(True, "Write model.safetensors (false: pytorch_model.bin).")
+    load_best_model_at_end: bool = arg(False, "Keep the checkpoint with the best metric_for_best_model as "
+                                              "the final model.")
+    metric_for_best_model: str | None = arg(None, "Eval metric that picks the best checkpoint, e.g. f1 "
+                                                  "(default: loss).")
+    greater_is_better: bool | None = arg(None, "Higher metric is better (default: true unless it is a loss).")
+    dataloader_num_workers: int = arg(0, "Worker processes for data loading.")
+    dataloader_drop_last: bool = arg(False, "Drop the last incomplete batch.", trains=True)
+    resume_from_checkpoint: str | None = arg(None, "Checkpoint folder, or 'latest'.")
+    ignore_checkpoint_mismatch: bool = arg(False, "Resume even when the checkpoint was trained with other "
+                                                  "settings, data or model (they are listed).")
+    report_to: str = arg("none", "Where to log besides log.jsonl: none, tensorboard or all.")
+    logging_dir: str | None = arg(None, "TensorBoard folder (default: output_dir/runs).")
+    run_name: str | None = arg(None, "A name for this run (model card, run.json, TensorBoard).")
+    max_train_samples: int | None = arg(None, "Use only the first N training examples (debugging).", trains=True)
+    max_eval_samples: int | None = arg(None, "Use only the first N evaluation examples.")
+    max_predict_samples: int | None = arg(None, "Use only the first N prediction examples.")
+    hardware: str = arg("auto", "Hardware profile: cpu, cpu-bf16, a100, h100, auto or a YAML file.")
+    hardware_overrides: str | None = arg(None, "Edit the profile: 'k=v,k=v'.")
+    disable_tqdm: bool = arg(False, "No progress bars.")
+
+    def __post_init__(self) -> None:
+        # transformers' defaults that depend on other flags: eval_steps falls back to logging_steps and
+        # an evaluation strategy implies do_eval; hone also reads --eval_steps alone as "every N steps"
+        if self.eval_steps is not None and self.eval_strategy == "no":
+            self.eval_strategy = "steps"
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        if self.eval_strategy != "no":
+            self.do_eval = True
 
     @property
     def optimizer_name(self) -> str:
-        return "lamb" if self.lamb else self.optim
+        """hone's optimiser for --optim (and --lamb)."""
+        return "lamb" if self.lamb else OPTIMIZER_NAMES[self.optim]
+
+    @property
+    def best_metric_key(self) -> str:
+        """The eval metric key load_best_model_at_end compares, e.g. 'eval_f1'."""
+        name = self.metric_for_best_model or "loss"
+        return name if name.startswith("eval_") else f"eval_{name}"
+
+    @property
+    def best_is_greater(self) -> bool:
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return not self.best_metric_key.endswith("loss")
+
+    @property
+    def report_destinations(self) -> set[str]:
+        """report_to as a set of destinations hone writes ({"tensorboard"} or empty)."""
+        names = {n.strip().lower() for n in self.report_to.replace(" ", ",").split(",") if n.strip()}
+        return {"tensorboard"} if names & {"tensorboard", "all"} else set()
 
 
 class ConfigError(HoneError, ValueError):
@@ -113,6 +189,41 @@ IPU_FLAGS: dict[str, tuple[bool, str]] = {
 }
 
 
+# transformers flags with no meaning in hone -> (takes a value, what hone does instead)
+TRAINER_NOTICE_FLAGS: dict[str, tuple[bool, str]] = {
+    "local_rank": (True, "torchrun passes the rank in the environment (LOCAL_RANK)"),
+    "fp16_opt_level": (True, "no apex: --fp16 is torch autocast with loss scaling"),
+    "half_precision_backend": (True, "mixed precision is torch autocast"),
+    "ddp_backend": (True, "nccl on GPUs, gloo on CPUs"),
+    "ddp_find_unused_parameters": (True, "every parameter of a hone model takes part in the loss"),
+    "group_by_length": (False, "hone drops padding tokens (unpadded execution), so length grouping buys nothing"),
+    "auto_find_batch_size": (False, "set --per_device_train_batch_size (and --gradient_accumulation_steps)"),
+    "eval_accumulation_steps": (True, "evaluation already moves each batch's outputs to the host"),
+    "remove_unused_columns": (True, "recipes feed the model only its inputs"),
+    "label_names": (True, "each recipe knows its labels"),
+    "log_level": (True, "hone logs at INFO; set HONE_DEBUG=1 for tracebacks"),
+    "preprocessing_num_workers": (True, "the tokenizers library already encodes batches on every core"),
+    "dataloader_pin_memory": (True, "pinned memory follows the hardware profile's pin_memory"),
+    "torch_compile_backend": (True, "torch.compile uses inductor"),
+    "torch_compile_mode": (True, "torch.compile uses inductor's default mode"),
+    "dataset_config_name": (True, "hone reads local files (--train_file, --validation_file)"),
+    "data_seed": (True, "the data order follows --seed"),
+    "ignore_data_skip": (False, "resuming continues the exact data order at no cost"),
+    "skip_memory_metrics": (True, "hone bench reports peak memory"),
+    "prediction_loss_only": (False, "evaluation computes the task's metrics"),
+    "save_only_model": (False, "checkpoints keep the optimizer state for exact resume"),
+    "hub_token": (True, "no hub here: the model stays in --output_dir"),
+    "hub_strategy": (True, "no hub here: the model stays in --output_dir"),
+    "hub_private_repo": (False, "no hub here: the model stays in --output_dir"),
+    "use_ipex": (False, "hone's CPU path is its own (unpadded execution, bf16 autocast)"),
+    "jit_mode_eval": (False, "hone's CPU path is its own (unpadded execution, bf16 autocast)"),
+}
+# every flag accepted only to print what hone does instead
+NOTICE_FLAGS: dict[str, tuple[bool, str]] = {**IPU_FLAGS, **TRAINER_NOTICE_FLAGS}
+# older transformers spellings -> the current field
+FLAG_ALIASES: dict[str, str] = {"evaluation_strategy": "eval_strategy"}
+
+
 def _apply_seed_flags(given: dict[str, Any], args: TrainingArguments | None) -> list[str]:
     """One notice per seed flag; ipu_config_overrides / loss_scaling edit args.hardware_overrides in place."""
     notices: list[str] = []
@@ -123,8 +234,8 @@ def _apply_seed_flags(given: dict[str, Any], args: TrainingArguments | None) -> 
             hardware_items.update(items)
             notices += key_notices or [f"--ipu_config_overrides '{value}': nothing to translate"]
         elif name != "loss_scaling":
-            shown = f" {value}" if IPU_FLAGS[name][0] else ""
-            notices.append(f"--{name}{shown}: ignored; {IPU_FLAGS[name][1]}")
+            shown = f" {value}" if NOTICE_FLAGS[name][0] else ""
+            notices.append(f"--{name}{shown}: ignored; {NOTICE_FLAGS[name][1]}")
     if args is None:
         if "loss_scaling" in given:
             notices.append(f"--loss_scaling {given['loss_scaling']}: ignored; {IPU_FLAGS['loss_scaling'][1]}")
@@ -167,6 +278,14 @@ def validate_training_args(args: TrainingArguments) -> None:
         (0.0 <= a.warmup_ratio <= 1.0, "warmup_ratio", "between 0 and 1"),
         (a.warmup_steps >= 0, "warmup_steps", ">= 0"),
         (a.learning_rate > 0, "learning_rate", "> 0"),
+        (a.weight_decay >= 0, "weight_decay", ">= 0"),
+        (0.0 <= a.adam_beta1 < 1.0, "adam_beta1", "in [0, 1)"),
+        (0.0 <= a.adam_beta2 < 1.0, "adam_beta2", "in [0, 1)"),
+        (a.adam_epsilon >= 0, "adam_epsilon", ">= 0"),
+        (a.lr_end >= 0, "lr_end", ">= 0"),
+        (a.lr_power > 0, "lr_power", "> 0"),
+        (0 <= a.seed < 2**32, "seed", "in [0, 2**32)"),
+        (a.num_train_epochs >= 0, "num_train_epochs", ">= 0"),
         (a.save_total_limit is None or a.save_total_limit >= 1, "save_total_limit", ">= 1"),
         (0.0 < a.layerwise_lr_decay <= 1.0, "layerwise_lr_decay", "in (0, 1] (1.0 = off)"),
         (a.logging_steps > 0, "logging_steps", "> 0"),
@@ -174,12 +293,64 @@ def validate_training_args(args: TrainingArguments) -> None:
         (a.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0 disables clipping)"),
         (a.dataloader_num_workers >= 0, "dataloader_num_workers", ">= 0"),
     ]
+    checks += [(getattr(a, name) is None or getattr(a, name) >= 1, name, ">= 1 (or unset for all)")
+               for name in ("max_train_samples", "max_eval_samples", "max_predict_samples")]
     for holds, name, rule in checks:
         if not holds:
             raise ConfigError(f"--{name} must be {rule}, got {getattr(a, name)}")
     if a.do_train and a.max_steps <= 0 and a.num_train_epochs <= 0:
         raise ConfigError(f"--do_train needs --max_steps > 0 or --num_train_epochs > 0, "
                           f"got {a.max_steps} and {a.num_train_epochs}")
+    if a.fp16 and a.bf16:
+        raise ConfigError("--fp16 and --bf16 are both set; choose one precision")
+    schedule_options(a)  # the JSON must parse
+    if a.load_best_model_at_end:
+        if a.eval_strategy == "no":
+            raise ConfigError("--load_best_model_at_end needs evaluations during training: "
+                              "add --eval_strategy steps (with --eval_steps N) or --eval_strategy epoch")
+        if a.save_strategy != a.eval_strategy:
+            raise ConfigError(f"--load_best_model_at_end needs checkpoints where it evaluates: --save_strategy "
+                              f"{a.save_strategy} differs from --eval_strategy {a.eval_strategy}; make them equal")
+        if a.eval_strategy == "steps" and (a.save_steps <= 0 or a.save_steps % a.eval_steps):
+            raise ConfigError(f"--load_best_model_at_end needs --save_steps ({a.save_steps}) to be a multiple "
+                              f"of --eval_steps ({a.eval_steps})")
+
+
+def schedule_options(args: TrainingArguments) -> dict[str, Any]:
+    """--lr_scheduler_kwargs as a dict (a JSON object)."""
+    if not args.lr_scheduler_kwargs:
+        return {}
+    try:
+        options = json.loads(args.lr_scheduler_kwargs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--lr_scheduler_kwargs is not JSON ({e.msg}); write e.g. "
+                          "'{\"num_cycles\": 2}'") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--lr_scheduler_kwargs must be a JSON object, e.g. '{\"num_cycles\": 2}'")
+    return options
+
+
+def _apply_trainer_flags(args: TrainingArguments) -> None:
+    """--fp16/--bf16/--tf32/--gradient_checkpointing/--torch_compile/--use_cpu edit the hardware
+    profile, the one place that decides how a run executes; explicit --hardware_overrides win."""
+    items: dict[str, str] = {}
+    if args.fp16 or args.bf16:
+        items["precision"] = "fp16" if args.fp16 else "bf16"
+    if args.tf32 is not None:
+        items["tf32"] = str(args.tf32).lower()
+    if args.gradient_checkpointing:
+        items["activation_checkpointing"] = "true"
+    if args.torch_compile:
+        items["compile"] = "true"
+    if args.use_cpu or args.no_cuda:
+        flag = "--use_cpu" if args.use_cpu else "--no_cuda"
+        if args.hardware == "auto":
+            args.hardware = "cpu"
+        elif resolve_profile(args.hardware, check_device=False).device != "cpu":
+            raise ConfigError(f"{flag} conflicts with --hardware {args.hardware}, a GPU profile; drop one of them")
+    if items:
+        args.hardware_overrides = _join({**items, **parse_overrides(args.hardware_overrides)})
+
 
 # ----------------------------------------------------------------------------- config files
 
@@ -217,8 +388,14 @@ def _did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
 # ----------------------------------------------------------------------------- parser
 
 class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (a HoneError) instead of exiting, so that a recipe's
+    Python entry `run(argv)` reports bad flags as an exception; --help still prints and exits."""
+
     def __init__(self, **kwargs):
         super().__init__(allow_abbrev=False, usage="%(prog)s [options]", **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(message)
 
 
 def _typed(tp: Any, what: str):
@@ -298,9 +475,9 @@ def _build_parser(dataclass_types: tuple[type, ...], prog: str, description: str
                 raise TypeError(f"argument '{f.name}' of {dtype.__name__} is defined twice")
             option_strings += _add_field(group, f, hints[f.name])
             specs[f.name] = (hints[f.name], _default(f), f.metadata.get("choices"))
-    group = parser.add_argument_group("seed IPU flags", "Accepted so that optimum-graphcore command lines run\n"
-                                      "unchanged; each prints what hone does instead.")
-    for name, (takes_value, what) in IPU_FLAGS.items():
+    group = parser.add_argument_group("accepted for familiar command lines", "Seed IPU flags and transformers "
+                                      "flags with no meaning here: each prints what hone does instead.")
+    for name, (takes_value, what) in NOTICE_FLAGS.items():
         if name in specs:  # a recipe's own field wins
             continue
         if takes_value:
@@ -324,14 +501,18 @@ def _unknown_error(leftovers: list[str], option_strings: list[str]) -> str:
     return "; ".join(parts) + " (see --help)"
 
 
-def _underscored(argv: list[str], option_strings: list[str]) -> list[str]:
-    """--per-device-train-batch-size -> --per_device_train_batch_size, as HfArgumentParser accepts both."""
+def _canonical(argv: list[str], option_strings: list[str]) -> list[str]:
+    """--per-device-train-batch-size -> --per_device_train_batch_size, as HfArgumentParser accepts
+    both, and older spellings (FLAG_ALIASES) -> today's."""
     known = set(option_strings)
     out = []
     for arg in argv:
         flag, sep, value = arg.partition("=")
-        if arg.startswith("--") and "-" in flag[2:] and "--" + flag[2:].replace("-", "_") in known:
-            arg = "--" + flag[2:].replace("-", "_") + sep + value
+        if arg.startswith("--"):
+            name = flag[2:].replace("-", "_")
+            name = FLAG_ALIASES.get(name, name)
+            if "--" + name in known:
+                arg = "--" + name + sep + value
         out.append(arg)
     return out
 
@@ -347,17 +528,19 @@ def _is_number(text: str) -> bool:
 def parse_args(argv: list[str] | None, *dataclass_types: type, prog: str, description: str = "") -> tuple:
     """One instance per dataclass type, from the command line merged over an optional --config file.
 
-    Exits with status 2 and a one-line message on any error (unknown flag, bad value, bad file).
+    Raises ConfigError (a HoneError, one line) on any mistake: unknown flag, bad value, bad file,
+    settings that cannot train. --help prints the options and exits.
     """
     parser, specs, option_strings = _build_parser(dataclass_types, prog, description)
-    argv = _underscored(list(sys.argv[1:] if argv is None else argv), option_strings)
+    argv = _canonical(list(sys.argv[1:] if argv is None else argv), option_strings)
     try:
         values = {name: default for name, (_, default, _) in specs.items()}
         pre = _Parser(prog=prog, add_help=False)
         pre.add_argument("--config")
         config_path = pre.parse_known_args(argv)[0].config
         if config_path:
-            file_values = load_config_file(config_path, specs)
+            file_values = {FLAG_ALIASES.get(k, k): v
+                           for k, v in load_config_file(config_path, [*specs, *FLAG_ALIASES]).items()}
             for key, raw in file_values.items():
                 tp, _, choices = specs[key]
                 try:
@@ -384,15 +567,15 @@ def parse_args(argv: list[str] | None, *dataclass_types: type, prog: str, descri
             raise ConfigError(str(e)) from None
         training = next((x for x in instances if isinstance(x, TrainingArguments)), None)
         fields_ = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype)}
-        seed_flags = {name: values[name] for name in IPU_FLAGS
+        seed_flags = {name: values[name] for name in NOTICE_FLAGS
                       if name not in fields_ and values.get(name) not in (None, False)}
         for notice in _apply_seed_flags(seed_flags, training):
             log.warning("notice: %s", notice)
         if training is not None:
+            _apply_trainer_flags(training)
             validate_training_args(training)
-            resolve_profile(training.hardware, training.hardware_overrides)  # fail now, not after loading data
-    except (ConfigError, HardwareError) as e:
-        parser.error(str(e))
+    except HardwareError as e:
+        raise ConfigError(str(e)) from None
     return instances
 
 

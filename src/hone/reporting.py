@@ -1,17 +1,22 @@
-"""What a run leaves behind: metric blocks, *_results.json and the model card.
+"""What a run leaves behind: metric blocks, *_results.json, the model card, and the facts
+(machine, versions, git commit) that make a result reproducible.
 
 The formats are transformers' Trainer's (log_metrics / save_metrics / the generated
-README.md), as the seed model cards show them, so results read and compare the same.
+README.md), as the seed model cards show them, so results read and compare the same. Files
+are written through the run's OutputDir (one writer, atomic writes).
 """
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import json
 import numbers
 import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -21,8 +26,9 @@ from typing import Any
 import yaml
 
 from hone.config import TrainingArguments, effective_batch_sizes
+from hone.engine.output_dir import OutputDir, json_default
 from hone.errors import HoneError
-from hone.hardware import HardwareProfile
+from hone.hardware import HardwareProfile, cpu_supports_bf16
 
 
 class ModelCardError(HoneError, ValueError):
@@ -35,20 +41,6 @@ def _is_main_process() -> bool:
     if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return True
     return torch.distributed.get_rank() == 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers never see a half-written file: write a temporary sibling, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _plain(value: Any) -> Any:
-    """json.dumps' `default`: numpy / torch scalars -> Python numbers."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a metric")
 
 
 def _scalar(value: Any) -> Any:
@@ -97,18 +89,70 @@ def log_metrics(split: str, metrics: Mapping[str, Any]) -> None:
         print(format_metrics(split, metrics), flush=True)
 
 
-def save_metrics(output_dir: str | Path, split: str, metrics: Mapping[str, Any], combined: bool = True) -> None:
-    """Write {split}_results.json and merge into all_results.json (raw numbers, keys sorted), atomically."""
-    if not _is_main_process():
-        return
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / f"{split}_results.json", json.dumps(dict(metrics), indent=4, sort_keys=True, default=_plain))
-    if combined:
-        path = out / "all_results.json"
-        merged = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def _as_output(output: OutputDir | str | Path) -> OutputDir:
+    return output if isinstance(output, OutputDir) else OutputDir(output, writes=_is_main_process())
+
+
+def save_results(output: OutputDir | str | Path, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """{split}_results.json for each split, and all_results.json holding every split's metrics of
+    THIS run (never merged with an earlier run's file); raw numbers, keys sorted, as the Trainer."""
+    output = _as_output(output)
+    merged: dict[str, Any] = {}
+    for split, metrics in results.items():
+        output.write_json(f"{split}_results.json", dict(metrics), kind="results", sort_keys=True, newline=False)
         merged.update(metrics)
-        _write_atomic(path, json.dumps(merged, indent=4, sort_keys=True, default=_plain))
+    output.write_json("all_results.json", merged, kind="results", sort_keys=True, newline=False)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on, without its host name."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_cores": os.cpu_count(),
+            "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_supports_bf16(),
+            "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus}
+
+
+def versions() -> dict[str, str | None]:
+    """hone, Python, torch (CUDA, cuDNN) and the libraries a result depends on."""
+    import torch
+
+    from hone import __version__
+
+    out = {"hone": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "cuda": torch.version.cuda,
+           "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None}
+    for package in ("transformers", "tokenizers", "numpy", "onnxruntime"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the hone source tree in use (with '-dirty' for uncommitted changes), or None."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "."],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
 
 
 # ----------------------------------------------------------------------------- model card
@@ -181,7 +225,7 @@ def _index_results(index_results: list[dict] | None, task_type: str, task_name: 
     if not index_results:
         return []
     if all("metrics" in entry for entry in index_results):
-        return [json.loads(json.dumps(entry, default=_plain)) for entry in index_results]
+        return [json.loads(json.dumps(entry, default=json_default)) for entry in index_results]
     for i, metric in enumerate(index_results):
         missing = [k for k in ("name", "type", "value") if k not in metric]
         if missing:
@@ -207,7 +251,7 @@ def _framework_versions() -> list[str]:
     return versions + [f"Python {platform.python_version()}"]
 
 
-def write_model_card(output_dir: str | Path, *, model_name: str, base_model: str | None, task_name: str,
+def write_model_card(output: OutputDir | str | Path, *, model_name: str, base_model: str | None, task_name: str,
                      dataset_names: Sequence[str], command_line: str | Sequence[str],
                      hyperparameters: Mapping[str, Any], train_metrics: Mapping[str, Any] | None,
                      eval_metrics: Mapping[str, Any] | None, index_results: list[dict] | None,
@@ -257,8 +301,4 @@ def write_model_card(output_dir: str | Path, *, model_name: str, base_model: str
     parts.append("```\n" + "\n\n".join(blocks) + "\n```" if blocks else "No metrics were recorded.")
     parts += ["### Framework versions", "\n".join(f"- {v}" for v in _framework_versions())]
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "README.md"
-    _write_atomic(path, "\n\n".join(parts) + "\n")
-    return path
+    return _as_output(output).write_text("README.md", "\n\n".join(parts) + "\n", kind="model")

@@ -7,7 +7,7 @@ A packed batch is what `pack_collate` returns and what every hone model's forwar
     attention_mask  (R, L) int64    1 on example tokens, 0 on that padding
     position_ids    (R, L) int64    restart at every example: first_position, first_position + 1, ...
                                     (0 for BERT and GPT-2, pad_token_id + 1 for RoBERTa:
-                                    `first_position_id`)
+                                    the config's `position_offset`)
     token_type_ids  (R, L) int64    when the rows have them
     cu_seqlens      (S + 1,) int32  example s is real tokens cu_seqlens[s]:cu_seqlens[s + 1],
                                     counted row by row (row-major order of attention_mask)
@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 from hone.data.collate import _pad_value
+from hone.errors import HoneError
 
 POSITION_FIELD = "position_ids"
 
 
-class PackingError(ValueError):
+class PackingError(HoneError, ValueError):
     """Examples that cannot be packed as asked (too long, inconsistent fields)."""
 
 
@@ -136,11 +137,6 @@ def unpack(per_token: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[torc
     return list(tokens.split(batch["cu_seqlens"].diff().tolist()))
 
 
-def first_position_id(model_type: str, pad_token_id: int | None) -> int:
-    """The position id of an example's first token: RoBERTa counts from pad_token_id + 1."""
-    return pad_token_id + 1 if model_type == "roberta" else 0
-
-
 class PackCollator:
     """`pack_collate` with its settings bound; picklable for DataLoader workers."""
 
@@ -156,7 +152,7 @@ class PackCollator:
         pad = config.pad_token_id if pad_token_id is None else pad_token_id
         if pad is None:
             raise PackingError(f"{config.model_type} config has no pad_token_id; pass pad_token_id=")
-        return cls(max_seq_len, pad, first_position_id(config.model_type, config.pad_token_id))
+        return cls(max_seq_len, pad, config.position_offset)
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         return pack_collate(rows, self.max_seq_len, self.pad_token_id, first_position=self.first_position)

@@ -20,7 +20,6 @@ and benchmarks see the real tokens); the (F, T) views of design.md are padded to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,17 +29,19 @@ import zipfile
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from hone.data.files import sha256_bytes, sha256_file
 from hone.errors import HoneError, SquadFormatError
 
 log = logging.getLogger("hone")
 
 __all__ = [
     "FeatureSettingsError", "QAFeatures", "SquadFormatError", "default_cache_dir", "has_unanswerable",
-    "load_or_build_features", "prepare_eval_features", "prepare_train_features", "read_squad",
+    "load_or_build_features", "prepare_eval_features", "prepare_train_features", "read_json_file", "read_squad",
 ]
 
 CLS_INDEX = 0  # BERT's [CLS] and RoBERTa's <s> open every window, in either order
@@ -56,11 +57,13 @@ class FeatureSettingsError(HoneError, ValueError):
 # reading
 
 
-def read_squad(path: str | Path) -> list[dict]:
+def read_squad(path: str | Path, *, locate_answers: bool = True) -> list[dict]:
     """Examples of a SQuAD file, official JSON or JSON Lines (detected from the content).
 
-    An `answer_start` that does not point at its answer text is moved to the nearest occurrence
-    of the text (one warning with the count); an answer text absent from its context is an error.
+    With locate_answers (training features need it), an `answer_start` that does not point at
+    its answer text is moved to the nearest occurrence of the text (one warning with the
+    count), and an answer text absent from its context is an error; evaluation, which only
+    compares texts, reads the answers as they are.
     """
     path = Path(path)
     if not path.is_file():
@@ -79,9 +82,13 @@ def read_squad(path: str | Path) -> list[dict]:
             raise SquadFormatError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, "
                                    f"column {err.colno}") from err
         doc = None
-    reader = _Reader(path)
+    reader = _Reader(path, locate_answers)
     if isinstance(doc, dict) and "data" in doc:
         reader.read_official(doc)
+    elif isinstance(doc, dict) and not {"id", "question", "context"} & doc.keys():
+        raise SquadFormatError(f"{path} has no top-level 'data' list: expected the official SQuAD object "
+                               '{"version": ..., "data": [articles -> paragraphs -> qas]} or JSON Lines with '
+                               "one example per line")
     elif doc is None or isinstance(doc, dict):  # JSON Lines (a single line parses as one object)
         reader.read_jsonl(text)
     else:
@@ -93,6 +100,20 @@ def read_squad(path: str | Path) -> list[dict]:
         warnings.warn(f"{path}: {reader.fixed} answer_start offset(s) did not point at their answer text; "
                       "each was moved to the nearest occurrence of the text in its context", stacklevel=2)
     return reader.examples
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """json.load with errors that name the file: missing, unreadable or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise SquadFormatError(f"{what} file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SquadFormatError(f"{what} file {path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise SquadFormatError(f"cannot read {what} file {path}: {e.strerror}") from None
 
 
 def has_unanswerable(examples: Sequence[dict]) -> bool:
@@ -111,8 +132,9 @@ def _is_json(text: str) -> bool:
 class _Reader:
     """Turns raw records into validated example dicts, remembering where each came from."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, locate_answers: bool = True):
         self.path = path
+        self.locate_answers = locate_answers
         self.examples: list[dict] = []
         self.ids: set[str] = set()
         self.fixed = 0
@@ -188,7 +210,7 @@ class _Reader:
                                        "(an unanswerable question has an empty answers list)")
             if not isinstance(start, int) or isinstance(start, bool):
                 raise SquadFormatError(f"{where}: answer_start {start!r} must be an integer character offset")
-            fixed_starts.append(self.locate(text, start, context, where))
+            fixed_starts.append(self.locate(text, start, context, where) if self.locate_answers else start)
         return list(texts), fixed_starts
 
     def locate(self, text: str, start: int, context: str, where: str) -> int:
@@ -472,29 +494,31 @@ def load_or_build_features(path: str | Path, tokenizer, *, split: str = "train",
                            doc_stride: int = 128, max_query_length: int | None = None,
                            question_first: bool = True, question_prefix: str = "",
                            pad_to_max_length: bool = False, cache_dir: str | Path | None = None,
-                           examples: Sequence[dict] | None = None, progress: bool = True) -> QAFeatures:
+                           examples: Sequence[dict] | None = None, progress: bool = True,
+                           rebuild: bool = False) -> QAFeatures:
     """Features of a SQuAD file, from the on-disk cache when nothing they depend on changed.
 
     The key hashes the file's bytes (or, when `examples` are given, e.g. a subset of the file,
     their content), the tokenizer's serialized backend, its pad id and every feature setting;
     `pad_to_max_length` only changes how rows are served, so it is applied after loading.
+    `rebuild` ignores a cached entry (--overwrite_cache) and writes a fresh one.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     path = Path(path)
-    data_hash = _sha256_file(path) if examples is None else _sha256_bytes(
+    data_hash = sha256_file(path) if examples is None else sha256_bytes(
         json.dumps(list(examples), sort_keys=True, ensure_ascii=False).encode("utf-8"))
     key = {"format": CACHE_FORMAT, "data": data_hash, "split": split,
-           "tokenizer": _sha256_bytes(tokenizer.backend.to_str().encode("utf-8")),
+           "tokenizer": sha256_bytes(tokenizer.backend.to_str().encode("utf-8")),
            "pad_token_id": tokenizer.pad_token_id, "max_seq_length": max_seq_length, "doc_stride": doc_stride,
            "max_query_length": max_query_length, "question_first": question_first,
            "question_prefix": question_prefix}
-    digest = _sha256_bytes(json.dumps(key, sort_keys=True).encode("utf-8"))
+    digest = sha256_bytes(json.dumps(key, sort_keys=True).encode("utf-8"))
     cache_file = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache_file = cache_file / f"{path.stem}-{split}-{digest[:24]}.npz"
 
     features = None
-    if cache_file.is_file():
+    if cache_file.is_file() and not rebuild:
         try:
             features = QAFeatures.load(cache_file)
             log.info("SQuAD %s features of %s loaded from %s", split, path, cache_file)
@@ -510,15 +534,3 @@ def load_or_build_features(path: str | Path, tokenizer, *, split: str = "train",
         log.info("SQuAD %s features of %s: %d windows, cached in %s", split, path, len(features), cache_file)
     features.pad_to_max_length = pad_to_max_length
     return features
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -437,11 +437,10 @@ def _model_max_length(flavour: str | None, tok_config: dict, model_config: dict)
     value = tok_config.get("model_max_length")
     if isinstance(value, (int, float)) and value < UNSET_MAX_LENGTH:
         return int(value)
-    if "max_position_embeddings" in model_config:  # RoBERTa positions start after the padding index
-        offset = 2 if model_config.get("model_type") == "roberta" else 0
-        return int(model_config["max_position_embeddings"]) - offset
-    if "n_positions" in model_config:
-        return int(model_config["n_positions"])
+    from hone.models.checkpoint import CONFIG_CLASSES, config_from_dict  # models import data; not the reverse
+
+    if model_config.get("model_type") in CONFIG_CLASSES:
+        return config_from_dict(model_config).max_positions
     return FLAVOUR_MAX_LENGTH.get(flavour, 512)
 
 

@@ -1,18 +1,19 @@
-"""Checkpoints: atomic save, rotation, and everything needed for an exact resume.
+"""Checkpoints: what they hold, rotation, and everything needed for an exact resume.
 
-A checkpoint is `output_dir/checkpoint-{step}/` holding
+A checkpoint is `output_dir/checkpoint-{step}/`, a complete model folder plus the state:
 
     the model        save_pretrained(dir) when the model has it (an HF folder), else
                      model.safetensors of its state_dict
+    extra files      what the run adds to every model folder (the tokenizer)
     optimizer.pt     optimizer.state_dict()
     scheduler.pt     scheduler.state_dict()
     scaler.pt        the fp16 loss scaler's state (scale, growth tracker)
     rng_state.pt     python, numpy, torch CPU (and CUDA) generator states of every rank
-    trainer_state.json  global_step, epoch, data position in samples, world size, logs
+    trainer_state.json  global_step, epoch, data position in samples, world size, logs,
+                     the run's configuration (`run_config`: what a resume must match)
 
-It is written into a hidden temp folder in output_dir, flushed to disk, then renamed to
-its final name with os.replace, so a crash leaves either a complete checkpoint or a
-`.tmp-checkpoint-*` folder that nothing takes for one. Only rank 0 writes.
+The run's OutputDir writes it atomically (a temporary folder renamed into place), so a
+crash leaves a complete checkpoint or a temporary folder nothing takes for one.
 """
 
 from __future__ import annotations
@@ -21,45 +22,34 @@ import json
 import os
 import random
 import re
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
+from hone.engine.output_dir import OutputDir, json_default
 from hone.errors import CheckpointError
+from hone.models.checkpoint import read_state_dict
 
 CHECKPOINT_PREFIX = "checkpoint-"
-TEMP_PREFIX = ".tmp-checkpoint-"
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 # ----------------------------------------------------------------------------- model weights
 
-def save_model(model: nn.Module, directory: str | os.PathLike) -> None:
+def save_model(model: nn.Module, directory: str | os.PathLike, *, safe_serialization: bool = True) -> None:
     """Write `model` into `directory`: save_pretrained when it has it, else model.safetensors."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if callable(getattr(model, "save_pretrained", None)):
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, safe_serialization=safe_serialization)
     else:
         save_safetensors_model(model, str(directory / "model.safetensors"))
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(single)
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(directory / shard).items()}
-    raise CheckpointError(f"{directory} has no model.safetensors (or its sharded index); "
-                          "it is not a complete checkpoint.")
 
 
 def load_model_weights(model: nn.Module, directory: str | os.PathLike) -> None:
@@ -72,7 +62,7 @@ def load_model_weights(model: nn.Module, directory: str | os.PathLike) -> None:
     extra is an error.
     """
     directory = Path(directory)
-    state = _read_weights(directory)
+    state, _ = read_state_dict(directory)
     if callable(getattr(model, "load_hf_state_dict", None)):
         try:
             model.load_hf_state_dict(state)
@@ -155,83 +145,55 @@ def resolve_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path:
     return path
 
 
-def json_default(value):
-    """json.dumps' `default`: numpy / torch scalars (e.g. in eval metrics) -> Python numbers."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def save_checkpoint(output: OutputDir, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler, state: dict, rng_states: list[dict],
+                    extras: Callable[[Path], None] | None = None, safe_serialization: bool = True) -> Path:
+    """Write checkpoint-{step} through the run's OutputDir (atomically) and return its path.
+    Call on rank 0 only. `rng_states` holds every rank's `capture_rng_state()`, in rank order;
+    `extras(folder)` adds the run's other model files (the tokenizer)."""
+    def fill(folder: Path) -> None:
+        save_model(model, folder, safe_serialization=safe_serialization)
+        if extras is not None:
+            extras(folder)
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+        torch.save(scaler.state_dict(), folder / "scaler.pt")
+        torch.save({"world_size": len(rng_states), "ranks": rng_states}, folder / "rng_state.pt")
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=2, default=json_default) + "\n")
+
+    return output.write_folder(f"{CHECKPOINT_PREFIX}{step}", fill, kind="checkpoint")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(directory: Path) -> None:
-    """Flush a folder's files and the folder itself, so the rename publishes complete data."""
-    for path in directory.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(directory)
-
-
-def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler, scaler, state: dict,
-                    rng_states: list[dict]) -> Path:
-    """Write checkpoint-{step} atomically and return its path (call on rank 0 only).
-
-    `rng_states` holds every rank's `capture_rng_state()`, in rank order.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{step}-", dir=output_dir))
-    try:
-        save_model(model, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        torch.save({"world_size": len(rng_states), "ranks": rng_states}, tmp / "rng_state.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=json_default) + "\n")
-        _fsync_tree(tmp)
-        if final.exists():  # the same step saved before (a rerun): set the old one aside first
-            old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}old-", dir=output_dir))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        _fsync(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def remove_stale_temp_dirs(output_dir: str | os.PathLike) -> None:
-    """Delete half-written checkpoint folders a crash left behind."""
-    output_dir = Path(output_dir)
-    if output_dir.is_dir():
-        for p in output_dir.glob(f"{TEMP_PREFIX}*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def rotate_checkpoints(output_dir: str | os.PathLike, limit: int | None, keep: Path | None = None) -> list[Path]:
-    """Delete the oldest checkpoints so that at most `limit` remain; `keep` always stays.
-
-    Returns the deleted folders.
-    """
+def rotate_checkpoints(output: OutputDir, limit: int | None, keep: set[Path]) -> list[Path]:
+    """Delete the run's oldest checkpoints so that at most `limit` remain; those in `keep`
+    (the newest, the best) always stay. Returns the deleted folders."""
     if limit is None:
         return []
-    found = [p for p in list_checkpoints(output_dir) if keep is None or p.resolve() != keep.resolve()]
-    excess = len(found) + (keep is not None) - limit
-    deleted = found[:max(0, excess)]
+    kept = {p.resolve() for p in keep}
+    found = [p for p in list_checkpoints(output.path) if output.outputs.get(p.name) == "checkpoint"]
+    excess = len(found) - max(limit, len(kept))
+    deleted = [p for p in found if p.resolve() not in kept][:max(0, excess)]
     for p in deleted:
-        shutil.rmtree(p)
+        output.remove(p.name)
     return deleted
+
+
+def read_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json."""
+    try:
+        return json.loads((Path(path) / STATE_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / STATE_FILE} cannot be read ({e}); the checkpoint is damaged: "
+                              "resume from an earlier one or start over.") from None
+
+
+def run_config_differences(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """What differs between the configuration a checkpoint was trained with and this run's,
+    as 'name: saved -> now' lines (empty when they match or the checkpoint predates the record)."""
+    if saved is None:
+        return []
+    return [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
 
 
 # ----------------------------------------------------------------------------- load

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from hone.config import TrainingArguments
+from hone.config import TrainingArguments, schedule_options
 from hone.errors import HoneError
 from hone.hardware import HardwareProfile
 
@@ -215,11 +215,12 @@ class Lamb(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- builders
 
-OPTIMIZERS = ("adamw", "lamb")
+OPTIMIZERS = ("adamw", "lamb", "sgd", "adafactor")
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments, profile: HardwareProfile) -> torch.optim.Optimizer:
-    """AdamW or LAMB over `param_groups(model, ...)`, as `args` (transformers' names) ask."""
+    """The optimiser `args` (transformers' names) ask for, over `param_groups(model, ...)`:
+    AdamW (torch's, fused where the profile says and the device allows), LAMB, SGD or Adafactor."""
     name = args.optimizer_name
     if name not in OPTIMIZERS:
         raise OptimizerConfigError(
@@ -232,6 +233,10 @@ def build_optimizer(model: nn.Module, args: TrainingArguments, profile: Hardware
     if name == "lamb":
         return Lamb(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
                     weight_decay=args.weight_decay, bias_correction=not args.lamb_no_bias_correction)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     fused = profile.fused_optimizer and on_cuda
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
@@ -275,6 +280,31 @@ def _cosine(step: int, *, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))  # half a cosine wave
 
 
+def _cosine_with_restarts(step: int, *, warmup: int, total: int, num_cycles: int = 1) -> float:
+    if step < warmup:
+        return _warmup_factor(step, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    if progress >= 1.0:
+        return 0.0
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((num_cycles * progress) % 1.0))))
+
+
+def _cosine_with_min_lr(step: int, *, warmup: int, total: int, min_lr_rate: float,
+                        num_cycles: float = 0.5) -> float:
+    if step < warmup:
+        return _warmup_factor(step, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    factor = 0.5 * (1.0 + math.cos(math.pi * num_cycles * 2.0 * progress))
+    return max(0.0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+
+def _inverse_sqrt(step: int, *, warmup: int, total: int, timescale: int | None = None) -> float:
+    if step < warmup:
+        return _warmup_factor(step, warmup)
+    timescale = timescale or warmup or 10_000
+    return 1.0 / math.sqrt((step + timescale - warmup) / timescale)
+
+
 def _polynomial(step: int, *, warmup: int, total: int, lr_init: float, lr_end: float, power: float) -> float:
     if step < warmup:
         return _warmup_factor(step, warmup)
@@ -284,13 +314,18 @@ def _polynomial(step: int, *, warmup: int, total: int, lr_init: float, lr_end: f
     return ((lr_init - lr_end) * remaining ** power + lr_end) / lr_init
 
 
-SCHEDULES = {"linear": _linear, "cosine": _cosine, "polynomial": _polynomial,
+SCHEDULES = {"linear": _linear, "cosine": _cosine, "cosine_with_restarts": _cosine_with_restarts,
+             "cosine_with_min_lr": _cosine_with_min_lr, "inverse_sqrt": _inverse_sqrt, "polynomial": _polynomial,
              "constant": _constant, "constant_with_warmup": _constant_with_warmup}
+# --lr_scheduler_kwargs each schedule takes (transformers' names)
+SCHEDULE_OPTIONS = {"cosine_with_restarts": {"num_cycles"}, "cosine_with_min_lr": {"num_cycles", "min_lr", "min_lr_rate"},
+                    "inverse_sqrt": {"timescale"}, "polynomial": {"lr_end", "power"}}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments,
                     num_training_steps: int) -> LambdaLR:
-    """transformers' schedule `args.lr_scheduler_type` as a multiplier on every group's lr.
+    """transformers' schedule `args.lr_scheduler_type` as a multiplier on every group's lr, with
+    its options from --lr_scheduler_kwargs.
 
     "constant" ignores warmup, as in transformers; use "constant_with_warmup" for warmup.
     """
@@ -298,13 +333,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments,
     if kind not in SCHEDULES:
         raise OptimizerConfigError(
             f"Unknown lr_scheduler_type '{kind}'; choose one of: {', '.join(SCHEDULES)}.")
+    options = schedule_options(args)
+    unknown = set(options) - SCHEDULE_OPTIONS.get(kind, set())
+    if unknown:
+        allowed = ", ".join(sorted(SCHEDULE_OPTIONS.get(kind, ()))) or "none"
+        raise OptimizerConfigError(f"--lr_scheduler_kwargs: {', '.join(sorted(unknown))} not used by the {kind} "
+                                   f"schedule (it takes: {allowed}).")
     if kind == "constant":
         return LambdaLR(optimizer, _constant)
     kwargs = dict(warmup=warmup_steps_for(args, num_training_steps), total=num_training_steps)
     if kind == "polynomial":
-        if not args.lr_end < args.learning_rate:
+        lr_end, power = options.get("lr_end", args.lr_end), options.get("power", args.lr_power)
+        if not lr_end < args.learning_rate:
             raise OptimizerConfigError(
-                f"lr_end ({args.lr_end}) must be smaller than learning_rate ({args.learning_rate}) "
+                f"lr_end ({lr_end}) must be smaller than learning_rate ({args.learning_rate}) "
                 "for the polynomial schedule.")
-        kwargs.update(lr_init=args.learning_rate, lr_end=args.lr_end, power=args.lr_power)
+        kwargs.update(lr_init=args.learning_rate, lr_end=lr_end, power=power)
+    elif kind == "cosine_with_min_lr":
+        if ("min_lr" in options) == ("min_lr_rate" in options):
+            raise OptimizerConfigError("the cosine_with_min_lr schedule needs exactly one of min_lr and min_lr_rate "
+                                       "in --lr_scheduler_kwargs, e.g. '{\"min_lr_rate\": 0.1}'.")
+        rate = options["min_lr_rate"] if "min_lr_rate" in options else options["min_lr"] / args.learning_rate
+        kwargs.update(min_lr_rate=rate, num_cycles=options.get("num_cycles", 0.5))
+    else:
+        kwargs.update(options)
     return LambdaLR(optimizer, partial(SCHEDULES[kind], **kwargs))

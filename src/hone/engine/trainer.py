@@ -45,22 +45,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from hone import reporting
 from hone.config import TrainingArguments, effective_batch_sizes, validate_training_args
 from hone.engine import checkpointing, distributed
 from hone.engine.host_memory import release_free_host_memory
 from hone.engine.optim import build_optimizer, build_scheduler
+from hone.engine.output_dir import TRAINING_OUTPUTS, OutputDir, json_default
 from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
-from hone.errors import HoneError
+from hone.errors import HoneError, RunInterrupted
 from hone.hardware import HardwareProfile
 
 
 class TrainingDivergedError(HoneError, RuntimeError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-class OutputDirError(HoneError, ValueError):
-    """output_dir already holds files and the run was not told to reuse them."""
 
 
 def set_seed(seed: int) -> None:
@@ -206,19 +202,6 @@ def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,
             release_free_host_memory()
 
 
-def check_output_dir(args: TrainingArguments) -> None:
-    """Refuse to train into a non-empty output_dir unless told to reuse it (as transformers does).
-
-    The Trainer checks on construction; a task may call it first to fail before loading data.
-    """
-    out = Path(args.output_dir)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
-        raise OutputDirError(
-            f"output_dir '{out}' already exists and is not empty. Pass --overwrite_output_dir to train "
-            "into it anyway, --resume_from_checkpoint latest to continue its newest checkpoint, or "
-            "choose another --output_dir.")
-
-
 class TrainerCallback:
     """Hooks into the loop (all optional): subclass and override what you need."""
 
@@ -227,6 +210,9 @@ class TrainerCallback:
 
     def on_log(self, trainer: Trainer, record: dict) -> None:
         """After a log record (training or evaluation) is written."""
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict) -> None:
+        """After an evaluation during training (every rank); may raise to stop the run."""
 
     def on_save(self, trainer: Trainer, checkpoint: Path) -> None:
         """After a checkpoint folder is complete (rank 0 only)."""
@@ -244,7 +230,14 @@ class TrainerState:
     skipped_steps: int = 0        # fp16 steps skipped for non-finite gradients
     world_size: int = 1
     global_batch_size: int = 0
+    best_metric: float | None = None          # metric_for_best_model of the best checkpoint so far
+    best_model_checkpoint: str | None = None  # its folder name
+    run_config: dict = field(default_factory=dict)  # the settings a resume must match
     log_history: list[dict] = field(default_factory=list)
+
+
+class CheckpointMismatchError(HoneError, ValueError):
+    """A checkpoint trained with other settings, data or model than the run resuming it."""
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -253,31 +246,38 @@ class Trainer:
     """Train `model` on `train_dataset` as `args` and the hardware `profile` say.
 
     `collate_fn(list of dataset items) -> dict` of model inputs with labels;
-    `eval_fn(model) -> dict` is the task's evaluation, called every `args.eval_steps`
-    (on every rank, with the bare model) and by `evaluate()`.
+    `eval_fn(model) -> dict` is the task's evaluation, run as --eval_strategy says (on every
+    rank, with the bare model) and by `evaluate()`.
 
-    Writes to output_dir (rank 0): checkpoint-{step}/ every save_steps and at the end,
-    the final model, log.jsonl (per logging step: step, epoch, loss = mean step loss since
-    the previous record, learning_rate = the lr the step used, grad_norm before clipping,
-    samples_per_second, skipped_steps; eval records carry the eval metrics instead),
-    runs/ (TensorBoard, report_to="tensorboard"), loss_curve.png, train_results.json.
+    Everything it writes goes through `output` (an OutputDir; by default one opened on
+    args.output_dir with the training rules): checkpoint-{step}/ (complete model folders:
+    `save_extras(folder)` adds the tokenizer) as --save_strategy says and at the end, the final
+    model, log.jsonl (per logging step: step, epoch, loss = mean step loss since the previous
+    record, learning_rate = the lr the step used, grad_norm before clipping, samples_per_second,
+    skipped_steps; eval records carry the eval metrics instead), TensorBoard events
+    (--report_to tensorboard) and loss_curve.png. `run_config` (the settings that shape
+    training) is stored in every checkpoint; a resume from a checkpoint of another
+    configuration is refused unless args.ignore_checkpoint_mismatch.
     """
 
     def __init__(self, model: nn.Module, args: TrainingArguments, profile: HardwareProfile,
                  train_dataset, collate_fn: Callable, eval_fn: Callable[[nn.Module], dict] | None = None,
-                 callbacks: Sequence[TrainerCallback] = ()):
+                 callbacks: Sequence[TrainerCallback] = (), *, output: OutputDir | None = None,
+                 save_extras: Callable[[Path], None] | None = None, run_config: dict | None = None):
         validate_training_args(args)
         self.args, self.profile = args, profile
         self.eval_fn = eval_fn
         self.callbacks = list(callbacks)
-        self.output_dir = Path(args.output_dir)
-        self.report_to = args.report_to.lower()
-        if self.report_to not in ("none", "tensorboard"):
-            raise ValueError(f"report_to must be 'none' or 'tensorboard', got '{args.report_to}'.")
+        self.save_extras = save_extras
         self.dist = distributed.init_distributed(profile)
         self.is_main = self.dist.is_main
-        check_output_dir(args)
-        distributed.barrier()  # every rank has checked before rank 0 writes anything
+        if output is None:
+            output = OutputDir.open(args.output_dir, planned=TRAINING_OUTPUTS, overwrite=args.overwrite_output_dir,
+                                    continuing=bool(args.resume_from_checkpoint), training=True,
+                                    writes=self.is_main)
+            distributed.barrier()  # rank 0 has cleared the folder before anyone goes on
+        self.output = output
+        self.output_dir = output.path
 
         set_seed(args.seed)
         if self.dist.device.type == "cuda":
@@ -293,13 +293,13 @@ class Trainer:
         self.micro_batch_size, self.accumulation_steps, self.global_batch_size = effective_batch_sizes(
             args, profile, self.dist.world_size)
         if len(train_dataset) == 0:
-            raise ValueError("the training dataset is empty.")
+            raise HoneError("the training dataset is empty: check --train_file and --max_train_samples.")
         self.train_dataset = train_dataset
         self.sampler = StepBatchSampler(len(train_dataset), self.micro_batch_size, self.accumulation_steps,
                                         args.seed, rank=self.dist.rank, world_size=self.dist.world_size,
                                         drop_last=args.dataloader_drop_last)
         if self.sampler.steps_per_epoch == 0:
-            raise ValueError(
+            raise HoneError(
                 f"dataloader_drop_last with {len(train_dataset)} samples and a total batch of "
                 f"{self.global_batch_size} leaves no step; lower the batch size or turn off dataloader_drop_last.")
         workers = args.dataloader_num_workers
@@ -319,7 +319,9 @@ class Trainer:
         self._ddp = distributed.wrap_model(self.model, self.dist)
         self.train_model: nn.Module = torch.compile(self._ddp) if profile.compile else self._ddp
 
-        self.state = TrainerState(world_size=self.dist.world_size, global_batch_size=self.global_batch_size)
+        self.run_config = {**(run_config or {}), "total_train_batch_size": self.global_batch_size}
+        self.state = TrainerState(world_size=self.dist.world_size, global_batch_size=self.global_batch_size,
+                                  run_config=self.run_config)
         self.last_checkpoint: Path | None = None
 
     # --------------------------------------------------------------------- setup
@@ -338,13 +340,14 @@ class Trainer:
     # --------------------------------------------------------------------- train
 
     def train(self) -> dict:
-        """Run training to `total_steps`; returns the train metrics (also printed and saved)."""
+        """Run training to `total_steps`; returns the train metrics (the Run prints and saves them).
+
+        Ctrl-C stops it with a RunInterrupted naming the last checkpoint.
+        """
         args = self.args
         rng_state = self._resume() if args.resume_from_checkpoint else None
         state = self.state
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            checkpointing.remove_stale_temp_dirs(self.output_dir)
+        self.output.remove_temp()
         self._open_logs()
         device = self.dist.device
         self._window_loss = torch.zeros((), device=device)
@@ -354,7 +357,7 @@ class Trainer:
         self._lr = max(g["lr"] for g in self.optimizer.param_groups)
         self._window_first, self._window_samples, self._window_start = state.global_step, 0, time.perf_counter()
         start_step, start_samples, start_time = state.global_step, state.samples_seen, time.perf_counter()
-        last_saved = state.global_step if args.resume_from_checkpoint else None
+        self._last_saved = state.global_step if args.resume_from_checkpoint else None
         if rng_state is not None:
             checkpointing.restore_rng_state(rng_state)
         try:
@@ -365,24 +368,25 @@ class Trainer:
                     self._train_step(batches, step)
                     if device.type == "cpu" and state.global_step % HOST_TRIM_EVERY == 0:
                         release_free_host_memory()
-                    if state.global_step % args.logging_steps == 0 or state.global_step == self.total_steps:
-                        self._log_step()
-                    if self.eval_fn is not None and args.eval_steps and state.global_step % args.eval_steps == 0:
-                        self.evaluate()
-                    if args.save_steps > 0 and state.global_step % args.save_steps == 0:
-                        self._save_checkpoint()
-                        last_saved = state.global_step
+                    self._after_step(epoch_end=state.epoch_samples >= self.sampler.epoch_length)
                     if state.global_step >= self.total_steps:
                         break
                 if state.epoch_samples >= self.sampler.epoch_length or not plan:
                     state.epoch_index, state.epoch_samples = state.epoch_index + 1, 0
-            if last_saved != state.global_step:
+            if self._last_saved != state.global_step and args.save_strategy != "no":
                 self._save_checkpoint()
             runtime = time.perf_counter() - start_time
+            if args.load_best_model_at_end:
+                self._load_best_model()
+            self.output.write_files(self._write_model, kind="model")
             if self.is_main:
-                checkpointing.save_model(self.model, self.output_dir)
                 self._plot_loss_curve()
             distributed.barrier()  # every rank returns with the output folder complete
+        except KeyboardInterrupt:
+            where = (f"the last checkpoint is {self.last_checkpoint}: run the same command again to resume "
+                     f"from it (or pass --resume_from_checkpoint {self.last_checkpoint})"
+                     if self.last_checkpoint else "no checkpoint was saved yet")
+            raise RunInterrupted(f"interrupted at step {state.global_step} of {self.total_steps}; {where}") from None
         finally:
             self._close_logs()
 
@@ -397,10 +401,33 @@ class Trainer:
         }
         if self.profile.precision == "fp16":
             metrics["train_skipped_steps"] = state.skipped_steps
-        if self.is_main:
-            reporting.log_metrics("train", metrics)
-            reporting.save_metrics(self.output_dir, "train", metrics)
         return metrics
+
+    def _due(self, strategy: str, every: int | None, epoch_end: bool) -> bool:
+        """Whether a steps/epoch strategy fires after the step just taken."""
+        if strategy == "epoch":
+            return epoch_end
+        return strategy == "steps" and bool(every) and every > 0 and self.state.global_step % every == 0
+
+    def _after_step(self, epoch_end: bool) -> None:
+        """Logging, evaluation and saving after an optimizer step, as the strategies say."""
+        args, step = self.args, self.state.global_step
+        last = step == self.total_steps
+        if args.logging_strategy != "no" and (self._due(args.logging_strategy, args.logging_steps, epoch_end)
+                                              or last or (args.logging_first_step and step == 1)):
+            self._log_step()
+        metrics = None
+        if self.eval_fn is not None and self._due(args.eval_strategy, args.eval_steps, epoch_end):
+            metrics = self.evaluate()
+            for cb in self.callbacks:
+                cb.on_evaluate(self, metrics)
+        if self._due(args.save_strategy, args.save_steps, epoch_end):
+            self._save_checkpoint(metrics)
+
+    def _write_model(self, folder: Path) -> None:
+        checkpointing.save_model(self.model, folder, safe_serialization=self.args.save_safetensors)
+        if self.save_extras is not None:
+            self.save_extras(folder)
 
     def _train_step(self, batches: Iterator[dict], plan: StepPlan) -> None:
         state, args = self.state, self.args
@@ -463,19 +490,22 @@ class Trainer:
         self._pbar = self._log_file = self._tb = None
         if not self.is_main:
             return
-        log_path = self.output_dir / "log.jsonl"
         # rewrite from the checkpoint's history: records past it belong to the interrupted run
-        self._log_file = log_path.open("w")
+        self._log_file = self.output.file("log.jsonl", kind="log").open("w")
         for record in self.state.log_history:
-            self._log_file.write(json.dumps(record, default=checkpointing.json_default) + "\n")
+            self._log_file.write(json.dumps(record, default=json_default) + "\n")
         self._log_file.flush()
-        if self.report_to == "tensorboard":
+        if "tensorboard" in self.args.report_destinations:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ImportError("report_to='tensorboard' needs the tensorboard package: "
-                                  "pip install 'hone[tensorboard]'.") from None
-            self._tb = SummaryWriter(str(self.output_dir / "runs"))
+                raise HoneError("--report_to tensorboard needs the tensorboard package: "
+                                "pip install 'hone[tensorboard]'.") from None
+            if self.args.logging_dir:
+                logging_dir = Path(self.args.logging_dir)
+            else:
+                logging_dir = self.output.file("runs", kind="log")
+            self._tb = SummaryWriter(str(logging_dir / self.args.run_name if self.args.run_name else logging_dir))
         if not self.args.disable_tqdm:
             self._pbar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="train",
                               unit="step", dynamic_ncols=True)
@@ -489,7 +519,7 @@ class Trainer:
     def _write_record(self, record: dict) -> None:
         self.state.log_history.append(record)
         if self._log_file is not None:
-            self._log_file.write(json.dumps(record, default=checkpointing.json_default) + "\n")
+            self._log_file.write(json.dumps(record, default=json_default) + "\n")
             self._log_file.flush()
         if self._tb is not None:
             prefix = "train" if "loss" in record else "eval"
@@ -528,7 +558,7 @@ class Trainer:
         record = {
             "step": state.global_step,
             "epoch": round(state.epoch, 4),
-            "loss": loss_sum / (state.global_step - self._window_first),
+            "loss": loss_sum / max(1, state.global_step - self._window_first),
             "learning_rate": self._lr,
             "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
             "samples_per_second": round(self._window_samples / max(now - self._window_start, 1e-9), 3),
@@ -559,14 +589,14 @@ class Trainer:
         ax.set_title(f"{type(self.model).__name__}: training loss")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(self.output_dir / "loss_curve.png", dpi=100)
+        fig.savefig(self.output.file("loss_curve.png", kind="log"), dpi=100)
 
     # --------------------------------------------------------------------- evaluation
 
     def evaluate(self) -> dict:
         """The task's eval_fn on the bare model; logged with the current step."""
         if self.eval_fn is None:
-            raise ValueError("this Trainer was built without an eval_fn.")
+            raise HoneError("this Trainer was built without an eval_fn.")
         metrics = self.eval_fn(self.model)
         self.model.train()
         if self.is_main:
@@ -575,43 +605,80 @@ class Trainer:
 
     # --------------------------------------------------------------------- checkpoints
 
-    def _save_checkpoint(self) -> None:
+    def _track_best(self, metrics: dict | None, checkpoint: str) -> None:
+        """Remember `checkpoint` as the best when its evaluation beats the best so far."""
+        args, state = self.args, self.state
+        if metrics is None or not (args.load_best_model_at_end or args.metric_for_best_model):
+            return
+        key = args.best_metric_key
+        if key not in metrics:
+            raise HoneError(f"--metric_for_best_model {args.metric_for_best_model or 'loss'} -> '{key}' is not "
+                            f"among this task's evaluation metrics ({', '.join(sorted(metrics))}); pick one of them.")
+        value = float(metrics[key])
+        better = state.best_metric is None or (value > state.best_metric if args.best_is_greater
+                                               else value < state.best_metric)
+        if better:
+            state.best_metric, state.best_model_checkpoint = value, checkpoint
+
+    def _save_checkpoint(self, metrics: dict | None = None) -> None:
         state = self.state
+        name = f"{checkpointing.CHECKPOINT_PREFIX}{state.global_step}"
+        self._track_best(metrics, name)
         state.total_loss, _ = self._read(self._total_loss)  # also: a diverged run writes no checkpoint
         rng_states = distributed.gather_objects(checkpointing.capture_rng_state())
         if self.is_main:
             path = checkpointing.save_checkpoint(
-                self.output_dir, state.global_step, model=self.model, optimizer=self.optimizer,
-                scheduler=self.scheduler, scaler=self.scaler, state=asdict(state), rng_states=rng_states)
-            checkpointing.rotate_checkpoints(self.output_dir, self.args.save_total_limit, keep=path)
+                self.output, state.global_step, model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler, scaler=self.scaler, state=asdict(state), rng_states=rng_states,
+                extras=self.save_extras, safe_serialization=self.args.save_safetensors)
+            keep = {path} | ({self.output_dir / state.best_model_checkpoint} if state.best_model_checkpoint else set())
+            checkpointing.rotate_checkpoints(self.output, self.args.save_total_limit, keep=keep)
+            self.output.write_record()  # run.json lists the checkpoint: a kill now loses nothing
             for cb in self.callbacks:
                 cb.on_save(self, path)
         distributed.barrier()
-        self.last_checkpoint = self.output_dir / f"{checkpointing.CHECKPOINT_PREFIX}{state.global_step}"
+        self.last_checkpoint = self.output_dir / name
+        self._last_saved = state.global_step
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best is None:
+            return
+        if self.is_main:
+            print(f"Loading the best model from {self.output_dir / best} "
+                  f"({self.args.best_metric_key} = {self.state.best_metric}).", flush=True)
+        checkpointing.load_model_weights(self.model, self.output_dir / best)
 
     def _resume(self) -> dict | None:
         path = checkpointing.resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
+        saved_state = json.loads((path / checkpointing.STATE_FILE).read_text())
+        problems = checkpointing.run_config_differences(saved_state.get("run_config"), self.run_config)
+        if saved_state["global_step"] > self.total_steps:
+            problems.append(f"the checkpoint is at step {saved_state['global_step']}, beyond this run's "
+                            f"{self.total_steps} steps")
+        if problems and not self.args.ignore_checkpoint_mismatch:
+            raise CheckpointMismatchError(
+                f"{path} was trained differently from this run: {'; '.join(problems)}. Resume with the same "
+                "settings, start over (--overwrite_output_dir, or another --output_dir), or pass "
+                "--ignore_checkpoint_mismatch to resume anyway.")
         saved, rng_state = checkpointing.load_checkpoint(
             path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             rank=self.dist.rank)
         self.state = TrainerState(**saved)
-        if self.state.global_batch_size != self.global_batch_size:
-            warnings.warn(f"resuming {path} with a total batch of {self.global_batch_size} instead of "
-                          f"{self.state.global_batch_size}: the data order continues, in different steps.",
-                          stacklevel=3)
+        if problems:
+            warnings.warn(f"resuming {path} despite: {'; '.join(problems)}", stacklevel=3)
         if rng_state is None:
             warnings.warn(f"{path} holds no RNG state for rank {self.dist.rank} (it was saved by "
                           f"{self.state.world_size} process(es)): dropout will differ from an uninterrupted run.",
                           stacklevel=3)
         self.state.world_size, self.state.global_batch_size = self.dist.world_size, self.global_batch_size
+        self.state.run_config = self.run_config
         self.last_checkpoint = path
         if self.is_main:
             print(f"Resuming from {path} at step {self.state.global_step} (epoch {self.state.epoch:.4f}).", flush=True)
         return rng_state
 
 
-# On CPU, freed heap pages go back to the OS every this many steps. Each trim costs ~1-2 s
-# of MiniLM QA training (the call, then faulting the pages back in), so every 10 steps was
-# 4-7% slower; at 50 that is ~1%, and long bf16 runs still stop climbing (docs/training.md).
+# On CPU, freed heap pages go back to the OS every this many steps (docs/training.md).
 HOST_TRIM_EVERY = 50
 _NO_BAD_STEP = 2**62  # "no non-finite loss yet" for the device-side first-bad-step tracker

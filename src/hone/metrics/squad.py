@@ -9,12 +9,10 @@ ranks the candidates with numpy instead of a Python loop over 20 x 20 pairs per 
 from __future__ import annotations
 
 import collections
-import json
 import math
 import re
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -22,8 +20,7 @@ from hone.errors import SquadFormatError
 
 __all__ = [
     "SquadFormatError", "QAPredictions", "normalize_answer", "compute_exact", "compute_f1",
-    "qid_to_has_ans", "gold_answers", "squad_evaluate", "read_squad_json", "read_json_object",
-    "postprocess_qa_predictions", "write_predictions",
+    "qid_to_has_ans", "gold_answers", "squad_evaluate", "postprocess_qa_predictions",
 ]
 
 
@@ -179,30 +176,6 @@ def squad_evaluate(dataset, predictions: dict[str, str], na_probs: dict[str, flo
     return result
 
 
-def read_json_object(path: str | Path, what: str):
-    """json.load with errors that name the file: missing, unreadable or not JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise SquadFormatError(f"{what} file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SquadFormatError(f"{what} file {path} is not valid JSON: {e}") from None
-    except OSError as e:
-        raise SquadFormatError(f"cannot read {what} file {path}: {e.strerror}") from None
-
-
-def read_squad_json(path: str | Path) -> list[dict]:
-    """The "data" list (articles -> paragraphs -> qas) of an official SQuAD JSON file."""
-    obj = read_json_object(path, "SQuAD data")
-    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        raise SquadFormatError(f"SQuAD data file {path} has no top-level 'data' list: expected the official "
-                               "format {\"version\": ..., \"data\": [articles -> paragraphs -> qas]}")
-    _questions(obj["data"])  # validate now, with the file in the message on failure
-    return obj["data"]
-
-
 # ----------------------------------------------------------------------------- post-processing
 
 @dataclass
@@ -216,6 +189,14 @@ class QAPredictions:
     nbest: dict[str, list[dict]]
     null_odds: dict[str, float] = field(default_factory=dict)
     version_2_with_negative: bool = False
+
+    def files(self, prefix: str | None = None) -> dict[str, dict]:
+        """The files run_qa writes, name -> content: predictions.json, nbest_predictions.json and
+        (SQuAD 2.0) null_odds.json, each name prefixed with `{prefix}_` when given."""
+        files = {"predictions.json": self.predictions, "nbest_predictions.json": self.nbest}
+        if self.version_2_with_negative:
+            files["null_odds.json"] = self.null_odds
+        return {name if prefix is None else f"{prefix}_{name}": content for name, content in files.items()}
 
 
 def _check_inputs(examples, example_index, offsets, start_logits, end_logits):
@@ -359,18 +340,3 @@ def postprocess_qa_predictions(examples: list[dict], example_index, offsets, sta
         null_odds[example["id"]] = odds[i]
         predictions[example["id"]] = "" if odds[i] > null_score_diff_threshold else best_text[i]
     return QAPredictions(predictions, nbest, null_odds, version_2_with_negative=True)
-
-
-def write_predictions(output_dir: str | Path, qa_predictions: QAPredictions, prefix: str | None = None) -> list[Path]:
-    """predictions.json, nbest_predictions.json and (SQuAD 2.0) null_odds.json, as run_qa writes them."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = [("predictions.json", qa_predictions.predictions), ("nbest_predictions.json", qa_predictions.nbest)]
-    if qa_predictions.version_2_with_negative:
-        files.append(("null_odds.json", qa_predictions.null_odds))
-    written = []
-    for name, obj in files:
-        path = output_dir / (name if prefix is None else f"{prefix}_{name}")
-        path.write_text(json.dumps(obj, indent=4) + "\n", encoding="utf-8")
-        written.append(path)
-    return written

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hone.errors import ModelConfigError
 from hone.models.outputs import ModelOutput
 from hone.models.padding import IGNORE_INDEX, AttentionLayout, LayoutError
 
@@ -29,10 +30,6 @@ from hone.models.padding import IGNORE_INDEX, AttentionLayout, LayoutError
 HF_NAMES = {"bert": ("Bert", "bert"), "roberta": ("Roberta", "roberta"), "gpt2": ("GPT2", "transformer")}
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-
-
-class ConfigError(ValueError):
-    """A model config asks for something hone cannot build."""
 
 
 @dataclass
@@ -59,7 +56,17 @@ class ModelConfig:
         if self.label2id is None or len(self.label2id) != self.num_labels:
             self.label2id = {label: i for i, label in self.id2label.items()}
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise ConfigError(f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
+            raise ModelConfigError(f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
+
+    @property
+    def position_offset(self) -> int:
+        """Position id of a sequence's first token (RoBERTa counts from pad_token_id + 1)."""
+        return 0
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the position table holds, in tokens."""
+        raise NotImplementedError
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -91,7 +98,7 @@ class ModelConfig:
         valid = self.field_names()
         unknown = sorted(set(overrides) - set(valid))
         if unknown:
-            raise ConfigError(
+            raise ModelConfigError(
                 f"unknown config field(s) {unknown} for model_type {self.model_type!r}; "
                 f"valid fields: {', '.join(valid)}"
             )
@@ -117,7 +124,7 @@ ACTIVATIONS = {
 
 def get_activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"activation {name!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        raise ModelConfigError(f"activation {name!r} is not supported; use one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -256,8 +263,8 @@ class PreTrainedModule(nn.Module):
         """Load a complete state dict in transformers' names (see checkpoint.load_model)."""
         self.load_state_dict(self.hf_key_map().from_hf(state))
 
-    def save_pretrained(self, save_directory: str | Path) -> None:
-        """Write config.json + model.safetensors as transformers' save_pretrained does."""
+    def save_pretrained(self, save_directory: str | Path, safe_serialization: bool = True) -> None:
+        """Write config.json + model.safetensors (or pytorch_model.bin) as transformers' save_pretrained does."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         config = self.config.to_dict()
@@ -273,7 +280,10 @@ class PreTrainedModule(nn.Module):
             name: t.detach().cpu().clone(memory_format=torch.contiguous_format)
             for name, t in self.hf_state_dict().items()
         }
-        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        if safe_serialization:
+            save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        else:
+            torch.save(tensors, folder / "pytorch_model.bin")
 
     def param_depth(self, name: str) -> int:
         """Depth for layer-wise LR decay (ELECTRA's definition): 0 embeddings, encoder layer
@@ -321,7 +331,7 @@ class PreTrainedModule(nn.Module):
         Returns (layout, input_ids, token_type_ids, position_ids), all shaped (*tokens).
         """
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+            raise ModelConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         if cu_seqlens is not None:
             if position_ids is None:
                 raise LayoutError(
@@ -376,12 +386,12 @@ class PreTrainedModule(nn.Module):
                 module.bias.zero_()
 
 
-def check_length(seq_len: int, limit: int) -> None:
+def check_length(seq_len: int, config: ModelConfig) -> None:
     """Positions beyond the learned table would fail deep inside nn.Embedding: say so here."""
-    if seq_len > limit:
-        raise ValueError(
-            f"sequence length {seq_len} is longer than this model's {limit} positions "
-            f"(max_position_embeddings); truncate the inputs (max_length <= {limit})"
+    if seq_len > config.max_positions:
+        raise ModelConfigError(
+            f"sequence length {seq_len} is longer than this model's {config.max_positions} positions; "
+            f"truncate the inputs (max_seq_length <= {config.max_positions})"
         )
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hone.errors import ModelConfigError
 from hone.models.base import (
-    ConfigError,
     KeyMap,
     ModelConfig,
     PreTrainedModule,
@@ -55,19 +55,27 @@ class BertConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.model_type not in ("bert", "roberta"):
-            raise ConfigError(f"model_type {self.model_type!r} is not an encoder type (bert, roberta)")
+            raise ModelConfigError(f"model_type {self.model_type!r} is not an encoder type (bert, roberta)")
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
+            raise ModelConfigError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                 f"{self.num_attention_heads}"
             )
         if self.position_embedding_type != "absolute":
-            raise ConfigError(
+            raise ModelConfigError(
                 f"position_embedding_type {self.position_embedding_type!r} is not supported "
                 "(hone implements 'absolute' only)"
             )
         if self.extra.get("is_decoder") or self.extra.get("add_cross_attention"):
-            raise ConfigError("is_decoder / add_cross_attention BERT models are not supported")
+            raise ModelConfigError("is_decoder / add_cross_attention BERT models are not supported")
+
+    @property
+    def position_offset(self) -> int:
+        return self.pad_token_id + 1 if self.model_type == "roberta" else 0
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings - self.position_offset
 
 
 @dataclass
@@ -91,6 +99,7 @@ def roberta_position_ids(input_ids: torch.Tensor, pad_token_id: int) -> torch.Te
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
+        self.config = config
         self.is_roberta = config.model_type == "roberta"
         self.pad_token_id = config.pad_token_id
         h = config.hidden_size
@@ -105,10 +114,9 @@ class BertEmbeddings(nn.Module):
     def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) input_ids -> positions (T,) for BERT, (B, T) for RoBERTa."""
         T = input_ids.shape[1]
-        if self.is_roberta:  # positions start after the padding index
-            check_length(T, self.position_embeddings.num_embeddings - self.pad_token_id - 1)
+        check_length(T, self.config)
+        if self.is_roberta:
             return roberta_position_ids(input_ids, self.pad_token_id)
-        check_length(T, self.position_embeddings.num_embeddings)
         return torch.arange(T, device=input_ids.device)
 
     def forward(
@@ -324,7 +332,7 @@ class MaskedLMHead(nn.Module):
         if not config.tie_word_embeddings:
             # transformers 4 and 5 disagree on an untied decoder's bias; no released BERT or
             # RoBERTa checkpoint unties it
-            raise ConfigError("tie_word_embeddings=False: untied masked-LM decoders are not supported")
+            raise ModelConfigError("tie_word_embeddings=False: untied masked-LM decoders are not supported")
         h = config.hidden_size
         self.dense = nn.Linear(h, h)
         # RoBERTa's lm_head applies exact GELU whatever hidden_act says
@@ -391,7 +399,7 @@ class BertForPreTraining(PreTrainedModule):
 
     def __init__(self, config: BertConfig):
         if config.model_type != "bert":
-            raise ConfigError(f"{config.model_type} has no next-sentence head; use the 'mlm' task")
+            raise ModelConfigError(f"{config.model_type} has no next-sentence head; use the 'mlm' task")
         super().__init__(config)
         self.backbone = BertModel(config, add_pooling_layer=True)
         self.lm_head = MaskedLMHead(config)

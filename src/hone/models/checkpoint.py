@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from hone.errors import CheckpointError
-from hone.models.base import HF_NAMES, ConfigError, ModelConfig, PreTrainedModule
+from hone.models.base import HF_NAMES, ModelConfig, ModelConfigError, PreTrainedModule
 from hone.models.bert import (
     BertConfig,
     BertForMaskedLM,
@@ -35,6 +35,7 @@ from hone.models.gpt2 import (
     GPT2LMHeadModel,
     GPT2Model,
 )
+from hone.models.presets import PRESETS, preset
 
 logger = logging.getLogger("hone")
 
@@ -68,14 +69,18 @@ WEIGHT_FILES = (  # in order of preference
 
 
 def load_config(path: str | Path) -> ModelConfig:
-    """Read a config.json (or the one in a folder) into hone's config dataclass."""
+    """Read a config.json (or the one in a folder), or a preset's (models/presets.py) by name,
+    into hone's config dataclass."""
+    named = preset(str(path))
+    if named is not None and not Path(path).exists():
+        return config_from_dict(named, source=f"preset {path}")
     file = Path(path)
     if file.is_dir():
         file = file / "config.json"
     if not file.is_file():
         raise CheckpointError(
             f"{file}: no such file. A checkpoint folder needs the config.json that "
-            "save_pretrained writes next to the weights."
+            f"save_pretrained writes next to the weights (or name a preset: {', '.join(PRESETS)})."
         )
     try:
         d = json.loads(file.read_text())
@@ -92,7 +97,7 @@ def config_from_dict(d: dict[str, Any], source: str = "config") -> ModelConfig:
         )
     try:
         return CONFIG_CLASSES[model_type].from_dict(d)
-    except (ConfigError, TypeError) as e:
+    except (ModelConfigError, TypeError) as e:
         raise CheckpointError(f"{source}: {e}") from None
 
 
@@ -107,7 +112,7 @@ def build_model(
         config = config_from_dict(config)
     try:
         config = config.replace(**config_overrides)
-    except ConfigError as e:
+    except ModelConfigError as e:
         raise CheckpointError(f"config overrides: {e}") from None
     if task not in TASKS:
         raise CheckpointError(f"unknown task {task!r}; choose one of {list(TASKS)}")
@@ -119,7 +124,7 @@ def build_model(
         )
     try:
         return classes[task](config)
-    except ConfigError as e:
+    except ModelConfigError as e:
         raise CheckpointError(str(e)) from None
 
 

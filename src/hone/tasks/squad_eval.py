@@ -12,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from hone.metrics.squad import SquadFormatError, qid_to_has_ans, read_json_object, read_squad_json, squad_evaluate
+from hone.data.squad import read_json_file, read_squad
+from hone.errors import HoneError, SquadFormatError
+from hone.metrics.squad import qid_to_has_ans, squad_evaluate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_predictions(path: str) -> dict[str, str]:
-    preds = read_json_object(path, "predictions")
+    preds = read_json_file(path, "predictions")
     if not isinstance(preds, dict):
         raise SquadFormatError(f"predictions file {path} must be a JSON object of question id -> answer text, "
                                f"got a JSON {type(preds).__name__}")
@@ -40,7 +42,7 @@ def _read_predictions(path: str) -> dict[str, str]:
 
 
 def _read_na_probs(path: str) -> dict[str, float]:
-    probs = read_json_object(path, "na-prob")
+    probs = read_json_file(path, "na-prob")
     if not isinstance(probs, dict):
         raise SquadFormatError(f"na-prob file {path} must be a JSON object of question id -> number")
     for qid, value in probs.items():
@@ -53,7 +55,7 @@ def evaluate_files(data_file: str, pred_file: str, na_prob_file: str | None = No
                    na_prob_thresh: float = 1.0) -> dict:
     """Read, check and score; then report missing and unknown ids on stderr (after scoring, so
     that bad input gives a single error line)."""
-    dataset = read_squad_json(data_file)
+    dataset = read_squad(data_file, locate_answers=False)
     preds = _read_predictions(pred_file)
     na_probs = _read_na_probs(na_prob_file) if na_prob_file else None
     result = squad_evaluate(dataset, preds, na_probs=na_probs, na_prob_thresh=na_prob_thresh)
@@ -75,11 +77,7 @@ def main(argv: list[str]) -> int:
         opts = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return int(e.code or 0)
-    try:
-        result = evaluate_files(opts.data_file, opts.pred_file, opts.na_prob_file, opts.na_prob_thresh)
-    except SquadFormatError as e:
-        print(f"hone squad-eval: error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_files(opts.data_file, opts.pred_file, opts.na_prob_file, opts.na_prob_thresh)
     text = json.dumps(result, indent=2)
     print(text)
     if opts.out:
@@ -87,6 +85,5 @@ def main(argv: list[str]) -> int:
             Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
             Path(opts.out).write_text(text + "\n", encoding="utf-8")
         except OSError as e:
-            print(f"hone squad-eval: error: cannot write --out {opts.out}: {e.strerror}", file=sys.stderr)
-            return 2
+            raise HoneError(f"cannot write --out {opts.out}: {e.strerror}") from None
     return 0
