@@ -50,7 +50,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help='optuna ranges: "name=loguniform(lo,hi) name=uniform(lo,hi) name=int(lo,hi) '
                                    'name=choice(a,b)".')
     p.add_argument("--n_trials", type=int, help="optuna: runs in the whole study (all machines together).")
-    p.add_argument("--metric", help=f"The result to optimise and mark as best (default per task: {TASK_METRICS}).")
+    p.add_argument("--metric", help="The result to optimise and mark as best (default: " + ", ".join(
+        f"{metric} for {task}" for task, metric in TASK_METRICS.items()) + ").")
     p.add_argument("--direction", choices=["maximize", "minimize"],
                    help="Default: minimize for losses and perplexity, else maximize.")
     p.add_argument("--parallel", type=int, default=1, help="Runs at once, each in its own process with 1/K of the "
@@ -81,7 +82,6 @@ def _sweep_config(argv: list[str]) -> SweepConfig:
                          + (" (--grid is for grid sweeps)" if a.grid else ""))
     if search == "grid" and a.space:
         raise SweepError("--space is for --search optuna; a grid sweep takes --grid")
-    import_task(a.task)  # a wrong --task fails now, not once per run
     if a.parallel < 1:
         raise SweepError(f"--parallel {a.parallel}: give 1 or more runs at once")
     metric = a.metric or TASK_METRICS.get(a.task)
@@ -91,12 +91,14 @@ def _sweep_config(argv: list[str]) -> SweepConfig:
         if not Path(a.config).is_file():
             raise SweepError(f"--config {a.config}: file not found")
         run_args = ["--config", str(Path(a.config).resolve()), *run_args]
+    grid = parse_grid(a.grid) if search == "grid" else None
+    space = parse_space(a.space) if search == "optuna" else None
+    import_task(a.task)  # a wrong --task fails now, not once per run
     return SweepConfig(
         task=a.task, output_dir=Path(a.output_dir), run_args=run_args, metric=metric,
         direction=a.direction or default_direction(metric), command=shlex.join(["hone", "sweep", *argv]),
         parallel=a.parallel, isolate=a.isolate, retry_failed=a.retry_failed,
-        grid=parse_grid(a.grid) if search == "grid" else None,
-        space=parse_space(a.space) if search == "optuna" else None, space_text=" ".join((a.space or "").split()),
+        grid=grid, space=space, space_text=" ".join((a.space or "").split()),
         n_trials=a.n_trials, storage=a.storage, study_name=a.study_name, sampler=a.sampler,
         sampler_seed=a.sampler_seed, pruner=a.pruner, pruner_startup_trials=a.pruner_startup_trials,
         pruner_warmup_steps=a.pruner_warmup_steps)
