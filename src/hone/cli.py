@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
     "squad-eval": ("hone.tasks.squad_eval", "Official SQuAD v1.1/v2.0 evaluation of a predictions file."),
     "bench": ("hone.bench", "Benchmark hone against a transformers baseline."),
+    "sweep": ("hone.sweep.cli:sweep_main", "Hyperparameter sweeps: a grid or an optuna search over a recipe."),
+    "runs": ("hone.sweep.cli:runs_main", "Tables, plots and comparisons of run folders."),
 }
 
 

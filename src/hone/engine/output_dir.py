@@ -49,9 +49,11 @@ class OutputDirError(HoneError, ValueError):
 
 
 def json_default(value: Any) -> Any:
-    """json.dumps' `default`: numpy / torch scalars (metrics) -> Python numbers."""
+    """json.dumps' `default`: numpy / torch scalars (metrics) -> Python numbers, paths -> strings."""
     if hasattr(value, "item"):
         return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

@@ -23,5 +23,7 @@ class PruneRun(HoneError):
     so the sweep can tell the search that the trial was pruned, not failed.
     """
 
+    run_status = "pruned"  # what the run skeleton records in run.json when this ends a run
+
 
 __all__ = ["PruneRun", "SweepError"]

@@ -16,9 +16,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from hone.engine.output_dir import json_default
 from hone.sweep import PruneRun
 from hone.sweep.execute import INTERRUPTED_NOTE, Outcome, RunSpec, run_in_process
-from hone.sweep.records import INTERRUPTED, json_default
+from hone.sweep.records import INTERRUPTED
 
 
 def _interrupt_once(signum, frame):

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from hone.engine.output_dir import OutputDir
 from hone.sweep import SweepError
 from hone.sweep.execute import import_task
 from hone.sweep.records import FINISHED, find_runs, read_run
@@ -123,7 +124,7 @@ def sweep_main(argv: list[str]) -> int:
     runs = find_runs(cfg.output_dir)
     headers, rows = build_rows(runs, cfg.metric, cfg.direction)
     table = format_markdown(headers, rows, cfg.metric)
-    (cfg.output_dir / "runs.md").write_text(table)
+    OutputDir(cfg.output_dir).write_text("runs.md", table, kind="results")
     print(table, end="")
     counts = Counter(run.status for run in runs)
     log.info("hone sweep: %d runs, %s; table in %s", len(runs),

@@ -26,14 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hone.errors import HoneError
+from hone.errors import HoneError, RunInterrupted
 from hone.sweep import PruneRun, SweepError
 from hone.sweep.records import (
     FAILED,
     FINISHED,
     INTERRUPTED,
     PRUNED,
-    RUN_FILE,
     record_outcome,
 )
 
@@ -95,9 +94,6 @@ def describe(error: BaseException) -> str:
 
 def prepare_folder(spec: RunSpec) -> None:
     """A re-run (the run was cut) starts from its newest checkpoint when it has one, else afresh."""
-    stale = spec.folder / RUN_FILE
-    if stale.exists():
-        stale.unlink()  # the recipe writes a new record; a crash before it must not look like the old one
     if any(spec.folder.glob("checkpoint-*")) and "--resume_from_checkpoint" not in spec.argv:
         spec.argv += ["--resume_from_checkpoint", "latest"]
     elif spec.folder.is_dir() and any(spec.folder.iterdir()) and "--overwrite_output_dir" not in spec.argv:
@@ -129,9 +125,9 @@ def run_in_process(spec: RunSpec, on_evaluate: EvaluateHook | None) -> Outcome:
         outcome = Outcome(FINISHED, dict(metrics or {}))
     except PruneRun as e:
         outcome = Outcome(PRUNED, error=None, pruned_at_step=getattr(e, "step", None))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):  # the trainer turns Ctrl-C into RunInterrupted
         _record(spec, Outcome(INTERRUPTED, error=INTERRUPTED_NOTE), started)
-        raise
+        raise KeyboardInterrupt from None
     except SystemExit as e:  # an argparse error inside the recipe, or a recipe that exits
         outcome = Outcome(FINISHED if e.code in (0, None) else FAILED, error=None if e.code in (0, None) else describe(e))
     except Exception as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from hone.engine.output_dir import OutputDir
 from hone.errors import HoneError
 
 RUN_FILE = "run.json"
@@ -40,17 +40,9 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def json_default(value: Any) -> Any:
-    """numpy scalars, paths and other objects as plain JSON values."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
-    os.replace(tmp, path)
+    """Write a sweep's JSON file whole, through the one writer of output folders."""
+    OutputDir(path.parent).write_json(path.name, data, kind="results", indent=2)
 
 
 def read_json(path: Path) -> dict:
