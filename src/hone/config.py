@@ -594,7 +594,8 @@ def _describe_profile(profile: HardwareProfile) -> str:
         precision += f" (loss scaling {profile.loss_scaling})"
     switches = [label for label, on in (
         ("tf32", profile.tf32 and profile.device == "cuda"), ("torch.compile", profile.compile),
-        ("unpadded", profile.unpad), ("activation checkpointing", profile.activation_checkpointing),
+        (profile.execution_mode, profile.execution_mode != "padded"),
+        ("activation checkpointing", profile.activation_checkpointing),
         ("fused optimizer", profile.fused_optimizer), ("pinned memory", profile.pin_memory)) if on]
     return ", ".join([f"{profile.name}: {profile.device}", precision, f"attention {profile.attention}", *switches])
 

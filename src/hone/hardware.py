@@ -33,6 +33,7 @@ class HardwareProfile:
     compile: bool = False                     # torch.compile the model
     attention: str = "sdpa"                   # sdpa | flash | math | varlen
     unpad: bool = False                       # drop padding tokens before the layers
+    pack: bool = False                        # training batches pack several sequences per row (implies unpad)
     activation_checkpointing: bool = False    # recompute every layer in backward
     fused_optimizer: bool = False             # torch's fused AdamW / our fused LAMB
     replicas: int = 1                         # data-parallel replicas (torchrun world size)
@@ -40,6 +41,12 @@ class HardwareProfile:
     gradient_accumulation_steps: int | None = None  # default accumulation
     pin_memory: bool = False
     cpu_threads: int | None = None            # torch intra-op threads (default: torch's, one per core)
+
+    @property
+    def execution_mode(self) -> str:
+        """How batches run: "packed" (training rows hold several sequences), "unpadded" (padding
+        dropped before the layers) or "padded" (transformers' layout, also what export uses)."""
+        return "packed" if self.pack else "unpadded" if self.unpad else "padded"
 
     @property
     def static_loss_scale(self) -> float | None:

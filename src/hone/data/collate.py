@@ -1,4 +1,5 @@
-"""Dynamic padding: pad each batch only to its own longest row, not to max_seq_length.
+"""Batches from rows: dynamic padding (each batch padded only to its own longest row, not to
+max_seq_length), or packing for training (`make_collator` picks by execution mode).
 
 Shared by every task. Rows are dicts of 1-D sequences (numpy arrays, lists or tensors)
 and scalars; sequences are padded to a common length and stacked, scalars are stacked.
@@ -63,3 +64,20 @@ class Collator:
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         return pad_collate(rows, self.pad_token_id, self.pad_to_multiple_of)
+
+
+def make_collator(mode: str, *, pad_token_id: int, position_offset: int = 0, max_seq_len: int | None = None,
+                  training: bool = True):
+    """The collate function of an execution mode ("padded", "unpadded", "packed"; see
+    HardwareProfile.execution_mode). Padded and unpadded batches are dynamically padded (the
+    model drops the padding itself when unpadded); packed training batches put several rows in
+    one of at most max_seq_len tokens. Evaluation never packs: outputs stay in row order."""
+    if mode == "packed" and training:
+        from hone.data.packing import PackCollator
+
+        if max_seq_len is None:
+            raise ValueError("packed batches need max_seq_len")
+        return PackCollator(max_seq_len, pad_token_id, position_offset)
+    if mode not in ("padded", "unpadded", "packed"):
+        raise ValueError(f"unknown execution mode {mode!r}")
+    return Collator(pad_token_id)

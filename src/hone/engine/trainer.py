@@ -169,7 +169,7 @@ def apply_execution_profile(model: nn.Module, profile: HardwareProfile) -> None:
     if profile.cpu_threads is not None and torch.get_num_threads() != profile.cpu_threads:
         torch.set_num_threads(profile.cpu_threads)
     if callable(getattr(model, "set_unpadded", None)):
-        model.set_unpadded(profile.unpad)
+        model.set_unpadded(profile.execution_mode != "padded")
 
 
 def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,

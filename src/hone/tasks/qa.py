@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from hone.config import arg
-from hone.data.collate import Collator
 from hone.data.squad import QAFeatures, has_unanswerable, load_or_build_features, read_squad
 from hone.metrics.squad import postprocess_qa_predictions, squad_evaluate
 from hone.tasks.run import ModelArguments, Recipe, Run
@@ -54,7 +53,7 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
         qa = job.task_args
         model = job.load_model()
         tokenizer = job.tokenizer
-        collate = Collator(pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        train_collate, eval_collate = job.collator(training=True), job.collator(training=False)
 
         def load(path: str, split: str) -> QAData:
             examples = list(job.limit(read_squad(path), split))
@@ -68,7 +67,7 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
 
         def score(model, data: QAData, split: str) -> dict:
             """Predict, post-process, write the prediction files; the official metric where answers exist."""
-            start, end = _span_logits(job.predict_batches(model, data.features, collate), data.features)
+            start, end = _span_logits(job.predict_batches(model, data.features, eval_collate), data.features)
             result = postprocess_qa_predictions(
                 data.examples, data.features.example_index, data.features.offsets, start, end,
                 version_2_with_negative=data.version_2, n_best_size=qa.n_best_size,
@@ -85,7 +84,7 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
         train = load(qa.train_file, "train").features if job.args.do_train else None
         eval_data = load(qa.validation_file, "eval") if job.args.do_eval else None
         test_data = load(qa.test_file, "predict") if job.args.do_predict else None
-        return job.execute(model, train_dataset=train, collate_fn=collate,
+        return job.execute(model, train_dataset=train, collate_fn=train_collate,
                            evaluate=lambda m: score(m, eval_data, "eval"),
                            predict=lambda m: score(m, test_data, "predict"),
                            dataset_names=[p for p in (qa.train_file, qa.validation_file) if p])

@@ -31,6 +31,7 @@ import yaml
 
 from hone import reporting
 from hone.config import TrainingArguments, arg, effective_batch_sizes, format_effective_config, parse_args
+from hone.data.collate import make_collator
 from hone.data.files import sha256_file
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
 from hone.engine import checkpointing, distributed
@@ -255,6 +256,13 @@ class Run:
         """The first --max_{split}_samples items (split: train, eval or predict)."""
         count = getattr(self.args, f"max_{split}_samples")
         return items if count is None else items[:count]
+
+    def collator(self, *, training: bool):
+        """The collate function for the profile's execution mode (data.collate.make_collator)."""
+        pad = self.tokenizer.pad_token_id
+        return make_collator(self.profile.execution_mode, pad_token_id=0 if pad is None else pad,
+                             position_offset=self.model_config.position_offset,
+                             max_seq_len=self.task_args.max_seq_length, training=training)
 
     def predict_batches(self, model, dataset, collate_fn: Callable):
         """The model's outputs on `dataset`, batch by batch on the host (engine.trainer.predict)."""
