@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from hone import cli, perf
-from hone.bench import NAMED_CONFIGS, main, mask_tokens
+from hone.bench import main, mask_tokens
+from hone.models.presets import PRESETS
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.synthetic import make_synthetic_squad
 from hone.data.tokenizer import load_tokenizer
@@ -69,7 +70,7 @@ def sst_file(tmp_path_factory) -> Path:
 
 def bench(tmp_path: Path, *argv: str) -> dict:
     out = tmp_path / "result.json"
-    assert main(["train", *argv, "--hardware", "cpu", "--out", str(out)]) == 0
+    assert main(["train", *argv, "--hardware", "cpu", "--repeats", "1", "--out", str(out)]) == 0
     return json.loads(out.read_text())
 
 
@@ -168,7 +169,7 @@ def test_cli_table_runs_bench(tmp_path, tiny_dir, sst_file):
     out = tmp_path / "cli.json"
     assert cli.main(["bench", "train", "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
                      "--seq_len", "32", "--batch_size", "2", "--steps", "1", "--warmup", "0", "--hardware",
-                     "cpu-bf16", "--systems", "transformers,hone", "--out", str(out)]) == 0
+                     "cpu-bf16", "--systems", "transformers,hone", "--repeats", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert list(r["systems"]) == ["transformers", "hone"] and r["settings"]["autocast_dtype"] == "bfloat16"
 
@@ -187,7 +188,7 @@ def test_language_modelling_on_real_text(tmp_path, task):
         config = dict(model_type="gpt2", n_embd=16, n_layer=1, n_head=2, n_positions=64)
         tokenizer = DATA / "tokenizers" / "gpt2"
     else:
-        config = dict(NAMED_CONFIGS["roberta-base"], hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        config = dict(PRESETS["roberta-base"], hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=32, max_position_embeddings=66)
         tokenizer = DATA / "tokenizers" / "roberta-base"
     build_model(config, task).save_pretrained(folder)
@@ -221,18 +222,18 @@ def test_mask_tokens_draws_15_percent_80_10_10():
 
 
 def test_train_flops_match_reference_figures():
-    bert = config_from_dict(NAMED_CONFIGS["bert-base"])
+    bert = config_from_dict(PRESETS["bert-base-uncased"])
     L, d, s = 12, 768, 384
     N = L * (4 * d * d + 2 * d * 4 * d)
     assert N == pytest.approx(84.9e6, rel=1e-3)  # reference.md: 84.9M non-embedding matmul parameters
     assert perf.train_flops(bert, "qa", s) == 6 * (N + 2 * d) * s + 12 * L * s**2 * d
     assert perf.train_flops(bert, "qa", s) == pytest.approx(212e9, rel=2e-3)  # reference.md: 212 GFLOP
-    roberta = config_from_dict(NAMED_CONFIGS["roberta-base"])
+    roberta = config_from_dict(PRESETS["roberta-base"])
     assert perf.train_flops(roberta, "qa", s) == perf.train_flops(bert, "qa", s)
     assert perf.train_flops(bert, "classification", s) == 6 * N * s + 6 * (d * d + 2 * d) + 12 * L * s**2 * d
-    gpt2 = config_from_dict(NAMED_CONFIGS["gpt2"])
+    gpt2 = config_from_dict(PRESETS["gpt2"])
     assert perf.train_flops(gpt2, "clm", 1024) == 6 * (N + d * 50257) * 1024 + 12 * L * 1024**2 * d
-    assert sum(p.numel() for p in build_model(NAMED_CONFIGS["gpt2"], "clm").parameters()) == 124_439_808
+    assert sum(p.numel() for p in build_model(PRESETS["gpt2"], "clm").parameters()) == 124_439_808
 
 
 @pytest.mark.parametrize("name, peak", [
@@ -264,22 +265,23 @@ def test_cpu_peak_memory_sees_a_freed_allocation():
     ({"--model_config": "roberta-base"}, r"built from scratch: pass --tokenizer"),
     ({"--model_config": "no-such-dir"}, r"neither a named config .* nor a checkpoint folder"),
     ({"--systems": "hone,tf"}, r"--systems hone,tf: give each of hone, transformers"),
-    ({"--seq_len": "600"}, r"--seq_len 600 is longer than the model's 128 positions"),
+    ({"--seq_len": "600"}, r"--max_seq_length 600 is longer than the model's 128 positions"),
+    ({"--repeats": "0"}, r"--repeats must be >= 1"),
     ({"--steps": "0"}, r"--steps must be >= 1"),
     ({"--threads": "0"}, r"--threads must be >= 1"),
     ({"--model_config": "broken"}, r"broken/config\.json: not valid JSON"),
     pytest.param({"--hardware": "h100"}, r"needs a CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, tiny_dir, squad_file, caplog, change, message):
+def test_bad_input_is_one_clear_line(tmp_path, tiny_dir, squad_file, capsys, change, message):
     argv = {"--task": "qa", "--model_config": str(tiny_dir), "--data": str(squad_file), "--seq_len": str(SEQ),
             "--doc_stride": "32", "--batch_size": "2", "--steps": "1", "--warmup": "0", "--hardware": "cpu"}
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{model_type: bert")
     argv.update({k: str(tmp_path / v) if v in ("missing.json", "broken") else v for k, v in change.items()})
-    assert main(["train", *[x for kv in argv.items() for x in kv]]) == 2
-    line = caplog.records[-1].getMessage()
-    assert line.startswith("hone bench: error: ") and "\n" not in line
+    assert cli.main(["bench", "train", *[x for kv in argv.items() for x in kv]]) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("hone bench: error: ") and line.count("\n") == 1
     assert re.search(message, line)
 
 
@@ -287,3 +289,31 @@ def test_unknown_task_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--task", "ner", "--model_config", "bert-base", "--data", "x"])
     assert exit_.value.code == 2 and "invalid choice: 'ner'" in capsys.readouterr().err
+
+
+def test_repeats_alternate_and_ratios_cover_every_timed_step(tmp_path, tiny_dir, sst_file):
+    """Old flag names still work; each system is measured --repeats times; the headline rate is
+    samples over the time of every timed step of every repeat, with the per-repeat spread."""
+    r = bench(tmp_path, "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+              "--seq_len", "64", "--batch_size", "4", "--steps", "3", "--warmup", "1", "--dropout", "0",
+              "--repeats", "1")  # bench() passes --repeats 1 first; the last one given wins below
+    assert r["settings"]["repeats"] == 1
+    out = tmp_path / "three.json"
+    assert main(["train", "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+                 "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--steps", "3", "--warmup", "1",
+                 "--dropout", "0", "--repeats", "2", "--hardware", "cpu", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["settings"]["repeats"] == 2 and r["settings"]["max_seq_length"] == 64
+    ratio = r["hone_vs_transformers"]
+    for name in ("hone", "transformers"):
+        system = r["systems"][name]
+        assert len(system["step_times_s"]) == 6 and len(system["samples_per_second_per_repeat"]) == 2
+        assert system["samples_per_second"] == pytest.approx(2 * 3 * 4 / timed_seconds(system), rel=1e-9)
+        assert len(system["losses"]) == 4  # one repeat's steps: every repeat trains the same
+    assert ratio["samples_per_second_ratio"] == pytest.approx(
+        r["systems"]["hone"]["samples_per_second"] / r["systems"]["transformers"]["samples_per_second"])
+    per_repeat = [h / b for h, b in zip(r["systems"]["hone"]["samples_per_second_per_repeat"],
+                                        r["systems"]["transformers"]["samples_per_second_per_repeat"])]
+    assert ratio["samples_per_second_ratio_per_repeat"] == pytest.approx(per_repeat)
+    assert ratio["samples_per_second_ratio_spread"]["min"] == pytest.approx(min(per_repeat))
+    assert ratio["samples_per_second_ratio_spread"]["max"] == pytest.approx(max(per_repeat))

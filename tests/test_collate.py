@@ -64,3 +64,11 @@ def test_bad_batches_are_explained():
         pad_collate([{"input_ids": [[1, 2]]}], pad_token_id=0)
     with pytest.raises(ValueError, match="positive"):
         pad_collate(rows(), pad_token_id=0, pad_to_multiple_of=0)
+
+
+def test_collator_drops_an_all_ones_mask_only():
+    equal = [{"input_ids": np.arange(1, 5), "attention_mask": np.ones(4, dtype=np.int64)} for _ in range(2)]
+    assert "attention_mask" not in Collator(pad_token_id=0)(equal)
+    ragged = [equal[0], {"input_ids": np.arange(1, 3), "attention_mask": np.ones(2, dtype=np.int64)}]
+    batch = Collator(pad_token_id=0)(ragged)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]

@@ -14,23 +14,22 @@ What differs is what each system does with a batch:
 - transformers gets batches as its example scripts build them: run_qa and run_glue pad
   every row to seq_len (pad_to_max_length), run_mlm (line by line) pads to the batch's
   longest row, run_clm's blocks hold no padding.
-- hone gets the same rows padded to the batch's longest row (no mask when nothing is
-  padding) and runs them in its mode: the profile's fastest, or --mode.
+- hone gets the same rows collated as its recipes collate them for the profile's execution
+  mode (data.collate.make_collator: padded to the batch's longest row, no mask when nothing
+  is padding; or packed) and runs them in that mode (--mode overrides the profile's).
 Batches are collated before timing (DataLoader workers hide that cost in real training);
-a timed step includes the copy to the device. See benchmarks/README.md.
+a timed step includes the copy to the device. Every measurement is repeated --repeats times
+(systems alternating), and ratios are given over all timed steps with their spread across
+repeats. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import logging
-import os
-import platform
 import shlex
 import statistics
 import tempfile
@@ -43,65 +42,46 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hone import __version__, perf
+from hone import perf
 from hone.config import TrainingArguments
-from hone.data.collate import pad_collate
-from hone.data.packing import PackCollator, PackingError
-from hone.data.squad import FeatureSettingsError, SquadFormatError, prepare_train_features, read_squad
-from hone.data.tokenizer import HoneTokenizer, TokenizerError, load_tokenizer
-from hone.engine.optim import OptimizerConfigError, build_optimizer
-from hone.engine.precision import PrecisionConfigError, autocast, autocast_dtype, build_loss_scaler, configure_tf32
-from hone.hardware import HardwareError, HardwareProfile, cpu_supports_bf16, resolve_profile
-from hone.models.base import ModelConfig, ModelConfigError, PreTrainedModule
-from hone.models.checkpoint import (
-    MODEL_CLASSES,
-    CheckpointError,
-    build_model,
-    config_from_dict,
-    load_config,
-    load_model,
-)
+from hone.data.collate import make_collator, pad_collate
+from hone.data.glue import load_data_file
+from hone.data.squad import prepare_train_features, read_squad
+from hone.data.tokenizer import HoneTokenizer, load_tokenizer
+from hone.engine.optim import build_optimizer
+from hone.engine.precision import autocast, autocast_dtype, build_loss_scaler, configure_tf32
+from hone.engine.trainer import apply_execution_profile
+from hone.errors import HoneError
+from hone.hardware import HardwareProfile, resolve_profile
+from hone.models.base import ModelConfig
+from hone.models.checkpoint import MODEL_CLASSES, build_model, config_from_dict, load_config, load_model
+from hone.models.presets import PRESETS, preset
+from hone.reporting import machine_info, versions
 
 log = logging.getLogger("hone")
 
 
-class BenchError(ValueError):
+class BenchError(HoneError, ValueError):
     """A benchmark that cannot run as asked; the message names the flag or file and the fix."""
 
 
 # bench task -> (hone task, transformers Auto class, what --data must be)
 TASKS: dict[str, tuple[str, str, str]] = {
     "qa": ("qa", "AutoModelForQuestionAnswering", "a SQuAD .json or .jsonl file"),
-    "glue": ("classification", "AutoModelForSequenceClassification", "a GLUE .tsv file with a header row"),
+    "glue": ("classification", "AutoModelForSequenceClassification",
+             "a GLUE release file or a labelled CSV/TSV/JSONL file"),
     "clm": ("clm", "AutoModelForCausalLM", "a raw text file"),
     "mlm": ("mlm", "AutoModelForMaskedLM", "a text file, one sample per line"),
 }
 SYSTEMS = ("hone", "transformers")
-MODES = ("padded", "unpadded", "packed")
+MODES = ("padded", "unpadded", "packed")  # HardwareProfile.execution_mode
+# --mode -> the profile fields that give it
+MODE_PROFILE = {"padded": dict(unpad=False, pack=False), "unpadded": dict(unpad=True, pack=False),
+                "packed": dict(unpad=True, pack=True)}
 
-_BERT_BASE = dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-                  num_attention_heads=12, intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
-                  attention_probs_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
-                  initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0)
-# Hugging Face's config.json of each model, built with fresh weights.
-NAMED_CONFIGS: dict[str, dict] = {
-    "bert-base": _BERT_BASE,
-    "roberta-base": {**_BERT_BASE, "model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
-                     "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0,
-                     "eos_token_id": 2},
-    "minilm": {**_BERT_BASE, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536},
-    "gpt2": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                 activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
-                 layer_norm_epsilon=1e-5, initializer_range=0.02, bos_token_id=50256, eos_token_id=50256),
-}
 _DROPOUT_FIELDS = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
                    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
                    "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
-
-# Errors that carry a message for the user (all ValueError subclasses): printed, no traceback.
-USER_ERRORS = (BenchError, CheckpointError, ModelConfigError, FeatureSettingsError, HardwareError,
-               OptimizerConfigError, PackingError, PrecisionConfigError, SquadFormatError, TokenizerError)
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -127,35 +107,14 @@ def qa_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, doc_stride: int)
     return BenchData(features, features.pad_token_id, "max_length")
 
 
-# GLUE text columns, single sentences and pairs (the first match wins)
-_GLUE_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
-                 ("premise", "hypothesis"), ("sentence",))
-
-
 def glue_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, pad_token_id: int) -> BenchData:
-    """A GLUE .tsv (header row, a `label` column) encoded as run_glue does, truncated to seq_len."""
-    with path.open(encoding="utf-8", newline="") as f:
-        table = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if len(table) < 2:
-        raise BenchError(f"--data {path}: needs a header row and at least one sample row")
-    header, body = table[0], table[1:]
-    columns = next((c for c in _GLUE_COLUMNS if set(c) <= set(header)), None)
-    if columns is None or "label" not in header:
-        raise BenchError(f"--data {path}: header {header} lacks a 'label' column or text columns; expected "
-                         f"'label' and one of {[list(c) for c in _GLUE_COLUMNS]}")
-    at = [header.index(c) for c in (*columns, "label")]
-    bad = [n for n, row in enumerate(body, 2) if len(row) <= max(at)]
-    if bad:
-        raise BenchError(f"--data {path}: line {bad[0]} has fewer columns than the header")
-    texts = [row[at[0]] for row in body]
-    pairs = [row[at[1]] for row in body] if len(columns) == 2 else None
-    names = sorted({row[at[-1]] for row in body})
-    label_of = {name: i for i, name in enumerate(names)}
-    encodings = tokenizer.encode_batch(texts, pairs, max_length=seq_len, truncation="longest_first")
-    rows = [{"input_ids": np.asarray(e.ids), "attention_mask": np.ones(len(e.ids), dtype=np.int64),
-             "token_type_ids": np.asarray(e.type_ids), "labels": label_of[row[at[-1]]]}
-            for e, row in zip(encodings, body)]
-    return BenchData(rows, pad_token_id, "max_length", num_labels=max(2, len(names)))
+    """A labelled GLUE release file (or a user's CSV/TSV/JSONL) encoded as run_glue does (data.glue)."""
+    data = load_data_file(path)
+    data.tokenize(tokenizer, seq_len)
+    split = next(iter(data.splits.values()))
+    if split.labels is None:
+        raise BenchError(f"--data {path}: has no labels; --task glue trains on a labelled file (a train or dev file)")
+    return BenchData(split.rows, pad_token_id, "max_length", num_labels=data.num_labels)
 
 
 def clm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int) -> BenchData:
@@ -165,7 +124,7 @@ def clm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int) -> BenchData:
                           for e in tokenizer.encode_batch(lines, add_special_tokens=False)] or [np.zeros(0)])
     blocks = len(ids) // seq_len
     if blocks == 0:
-        raise BenchError(f"--data {path}: {len(ids)} tokens make no block of --seq_len {seq_len}")
+        raise BenchError(f"--data {path}: {len(ids)} tokens make no block of --max_seq_length {seq_len}")
     ids = ids[: blocks * seq_len].reshape(blocks, seq_len)
     rows = [{"input_ids": b, "attention_mask": np.ones(seq_len, dtype=np.int64), "labels": b} for b in ids]
     return BenchData(rows, 0, "do_not_pad")
@@ -211,13 +170,13 @@ def load_data(task: str, path: Path, tokenizer: HoneTokenizer, args: argparse.Na
         raise BenchError(f"--data {path}: no such file; --task {task} reads {TASKS[task][2]}")
     pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     if task == "qa":
-        data = qa_data(path, tokenizer, args.seq_len, args.doc_stride)
+        data = qa_data(path, tokenizer, args.max_seq_length, args.doc_stride)
     elif task == "glue":
-        data = glue_data(path, tokenizer, args.seq_len, pad)
+        data = glue_data(path, tokenizer, args.max_seq_length, pad)
     elif task == "clm":
-        data = clm_data(path, tokenizer, args.seq_len)
+        data = clm_data(path, tokenizer, args.max_seq_length)
     else:
-        data = mlm_data(path, tokenizer, args.seq_len, pad, args.seed)
+        data = mlm_data(path, tokenizer, args.max_seq_length, pad, args.seed)
     if len(data.rows) == 0:
         raise BenchError(f"--data {path}: holds no samples")
     return data
@@ -240,30 +199,31 @@ class Batch:
     tokens: int                      # token positions the model computes, padding included
 
 
-def make_batches(data: BenchData, order: np.ndarray, batch_size: int, *, layout: str, seq_len: int,
-                 token_types: bool, packer: PackCollator | None = None) -> list[Batch]:
-    """Micro batches of `batch_size` rows in `order`, in one of these layouts:
-    "max_length": padded to seq_len; "longest": to the batch's longest row; "do_not_pad": rows
-    of one length, stacked (the baseline's, as transformers' scripts pad); "dynamic": as
-    "longest" without an attention mask when nothing is padding; "unpadded": as "dynamic",
-    the model computing real tokens only; "packed": `packer`'s rows of at most seq_len tokens."""
+def make_batches(data: BenchData, order: np.ndarray, batch_size: int, *, collate, layout: str,
+                 token_types: bool) -> list[Batch]:
+    """Micro batches of `batch_size` rows in `order`, collated by `collate`. `layout` says what the
+    model computes: "unpadded"/"packed" real tokens only, anything else every position."""
     batches = []
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size].tolist()
         rows = [data.rows[i] for i in indices]
         if not token_types:
             rows = [{k: v for k, v in row.items() if k != "token_type_ids"} for row in rows]
+        inputs = collate(rows)
         real = sum(len(row["input_ids"]) for row in rows)
-        if layout == "packed":
-            inputs = packer(rows)
-        else:
-            # rows are at most seq_len long: rounding up to a multiple of seq_len pads to seq_len
-            inputs = pad_collate(rows, data.pad_token_id, seq_len if layout == "max_length" else None)
-            if layout in ("dynamic", "unpadded") and inputs["attention_mask"].all():
-                del inputs["attention_mask"]  # nothing to mask: sdpa takes its fastest path
         tokens = real if layout in ("unpadded", "packed") else inputs["input_ids"].numel()
         batches.append(Batch(inputs, indices, real, tokens))
     return batches
+
+
+def baseline_collate(padding: str, pad_token_id: int, seq_len: int):
+    """Batches as transformers' example scripts build them: "max_length" pads every row to
+    seq_len (run_qa, run_glue), "longest" to the batch's longest row (run_mlm --line_by_line),
+    "do_not_pad" stacks rows of one length (run_clm's blocks)."""
+    def collate(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        # rows are at most seq_len long: rounding up to a multiple of seq_len pads to seq_len
+        return pad_collate(rows, pad_token_id, seq_len if padding == "max_length" else None)
+    return collate
 
 
 def batch_flops(data: BenchData, batches: list[Batch], config: ModelConfig, task: str,
@@ -283,13 +243,6 @@ def _digest(indices: Sequence[int]) -> str:
 
 
 # ----------------------------------------------------------------------------- systems
-
-def apply_hone_mode(model: PreTrainedModule, mode: str) -> None:
-    """THE one place that switches a hone model's execution mode: unpadded execution runs
-    every layer on real tokens only (models/padding.py); packed batches carry cu_seqlens,
-    which the model follows without a switch."""
-    model.set_unpadded(mode == "unpadded")
-
 
 def load_transformers_model(folder: Path, auto_class: str) -> torch.nn.Module:
     try:
@@ -381,12 +334,13 @@ def system_report(run: dict, batches: list[Batch], warmup: int, flops: tuple[lis
 def resolve_model_config(name: str, task: str) -> tuple[ModelConfig, Path | None]:
     """(config, checkpoint folder or None) for a --model_config name or folder."""
     folder = None
-    if name in NAMED_CONFIGS:
-        config = config_from_dict(NAMED_CONFIGS[name], source=f"--model_config {name}")
+    named = preset(name)
+    if named is not None:
+        config = config_from_dict(named, source=f"--model_config {name}")
     else:
         folder = Path(name)
         if not (folder / "config.json").is_file():
-            raise BenchError(f"--model_config {name}: neither a named config ({', '.join(NAMED_CONFIGS)}) nor a "
+            raise BenchError(f"--model_config {name}: neither a named config ({', '.join(PRESETS)}) nor a "
                              "checkpoint folder with config.json")
         config = load_config(folder)
     hone_task = TASKS[task][0]
@@ -398,41 +352,12 @@ def resolve_model_config(name: str, task: str) -> tuple[ModelConfig, Path | None
 
 
 def check_fit(config: ModelConfig, tokenizer: HoneTokenizer, seq_len: int, tokenizer_path: str) -> None:
-    positions = config.max_position_embeddings
-    if config.model_type == "roberta":  # positions start after the padding index
-        positions -= config.pad_token_id + 1
-    if seq_len > positions:
-        raise BenchError(f"--seq_len {seq_len} is longer than the model's {positions} positions; lower --seq_len")
+    if seq_len > config.max_positions:
+        raise BenchError(f"--max_seq_length {seq_len} is longer than the model's {config.max_positions} positions; "
+                         "lower --max_seq_length")
     if tokenizer.vocab_size > config.vocab_size:
         raise BenchError(f"--tokenizer {tokenizer_path} has {tokenizer.vocab_size} token ids but the model's "
                          f"vocabulary has {config.vocab_size}: use the model's own tokenizer")
-
-
-def machine_info() -> dict:
-    """The machine, without its host name."""
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_cores": os.cpu_count(),
-            "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_supports_bf16(),
-            "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus}
-
-
-def versions() -> dict:
-    out = {"hone": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
-    for package in ("transformers", "tokenizers", "numpy"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 def _systems(text: str) -> list[str]:
@@ -445,9 +370,45 @@ def _systems(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- the benchmark
 
+def _measure(name: str, folder: Path, *, data: BenchData, order: np.ndarray, args: argparse.Namespace,
+             profile: HardwareProfile, config: ModelConfig, baseline: list[Batch], token_types: bool) -> dict:
+    """One system's timed run: load the shared weights, collate as it would, train the steps."""
+    device = torch.device(profile.device)
+    hone_task, auto_class, _ = TASKS[args.task]
+    memory = perf.PeakMemory(device)
+    memory.start()
+    torch.manual_seed(args.seed)
+    if name == "hone":
+        model = load_model(folder, hone_task)
+        apply_execution_profile(model, profile)
+        mode = profile.execution_mode
+        collate = make_collator(mode, pad_token_id=data.pad_token_id, position_offset=config.position_offset,
+                                max_seq_len=args.max_seq_length)
+        batches = make_batches(data, order, args.per_device_train_batch_size, collate=collate, layout=mode,
+                               token_types=token_types)
+        compiled = profile.compile
+    else:
+        model = load_transformers_model(folder, auto_class)
+        mode, batches, compiled = f"padding={data.baseline_padding}", baseline, args.compile_baseline
+    if device.type == "cuda" and profile.pin_memory:
+        for b in batches:
+            b.inputs = {k: v.pin_memory() for k, v in b.inputs.items()}
+    dynamic = mode != "padded" or len({tuple(b.inputs["input_ids"].shape) for b in batches}) > 1
+    run = train_steps(model, batches, profile, lr=args.learning_rate, warmup=args.warmup,
+                      compile_model=compiled, dynamic=dynamic, desc=f"{name} ({mode})")
+    return {"mode": mode, "compiled": compiled, "fused_optimizer": run["fused_optimizer"], "run": run,
+            "batches": batches, "peak_memory_bytes": memory.peak_bytes(), "peak_memory_kind": memory.kind}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "max": max(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
 def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
-    """Train both systems on the same samples and return the report (see benchmarks/README.md)."""
-    for flag in ("seq_len", "batch_size", "steps"):
+    """Train both systems on the same samples, --repeats times, and return the report
+    (see benchmarks/README.md)."""
+    for flag in ("max_seq_length", "per_device_train_batch_size", "steps", "repeats"):
         if getattr(args, flag) < 1:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
@@ -458,17 +419,19 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
     profile = resolve_profile(args.hardware, args.hardware_overrides)
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
         profile = replace(profile, cpu_threads=args.threads)
+    if args.mode is not None:
+        profile = replace(profile, **MODE_PROFILE[args.mode])
     if profile.cpu_threads is not None:
         torch.set_num_threads(profile.cpu_threads)
     device = torch.device(profile.device)
-    hone_task, auto_class, _ = TASKS[args.task]
+    hone_task, _, _ = TASKS[args.task]
     config, folder = resolve_model_config(args.model_config, args.task)
     if args.tokenizer is None and folder is None:
         raise BenchError(f"--model_config {args.model_config} is built from scratch: pass --tokenizer DIR "
                          "(a tokenizer folder, e.g. shared/data/tokenizers/roberta-base)")
     tokenizer_path = args.tokenizer or str(folder)
     tokenizer = load_tokenizer(tokenizer_path)
-    check_fit(config, tokenizer, args.seq_len, tokenizer_path)
+    check_fit(config, tokenizer, args.max_seq_length, tokenizer_path)
     data = load_data(args.task, Path(args.data), tokenizer, args)
 
     overrides = {}
@@ -487,43 +450,39 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     token_types = config.model_type == "bert"  # as the tokenizers' model_input_names: RoBERTa and GPT-2 take none
 
-    order = sample_order(len(data.rows), (args.warmup + args.steps) * args.batch_size, args.seed)
-    baseline = make_batches(data, order, args.batch_size, layout=data.baseline_padding, seq_len=args.seq_len,
-                            token_types=token_types)
-    flops = batch_flops(data, baseline, config, hone_task, args.seq_len)
+    batch_size, seq_len = args.per_device_train_batch_size, args.max_seq_length
+    order = sample_order(len(data.rows), (args.warmup + args.steps) * batch_size, args.seed)
+    baseline = make_batches(data, order, batch_size, layout=data.baseline_padding, token_types=token_types,
+                            collate=baseline_collate(data.baseline_padding, data.pad_token_id, seq_len))
+    flops = batch_flops(data, baseline, config, hone_task, seq_len)
     peak = perf.device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     if device.type == "cuda":
         configure_tf32(profile.tf32)
 
-    reports = {}
+    measured: dict[str, list[dict]] = {name: [] for name in systems}
     with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
         model.save_pretrained(tmp)  # both systems load these weights
         del model
-        for name in systems:
-            memory = perf.PeakMemory(device)
-            memory.start()
-            torch.manual_seed(args.seed)
-            if name == "hone":
-                model = load_model(tmp, hone_task)
-                mode = args.mode or ("unpadded" if profile.unpad else "padded")
-                apply_hone_mode(model, mode)
-                batches = make_batches(data, order, args.batch_size, layout="dynamic" if mode == "padded" else mode,
-                                       seq_len=args.seq_len, token_types=token_types,
-                                       packer=PackCollator.for_config(config, args.seq_len, data.pad_token_id))
-                compiled = profile.compile
-            else:
-                model = load_transformers_model(Path(tmp), auto_class)
-                mode, batches, compiled = f"padding={data.baseline_padding}", baseline, args.compile_baseline
-            if device.type == "cuda" and profile.pin_memory:
-                for b in batches:
-                    b.inputs = {k: v.pin_memory() for k, v in b.inputs.items()}
-            dynamic = mode != "padded" or len({tuple(b.inputs["input_ids"].shape) for b in batches}) > 1
-            run = train_steps(model, batches, profile, lr=args.learning_rate, warmup=args.warmup,
-                              compile_model=compiled, dynamic=dynamic, desc=f"{name} ({mode})")
-            reports[name] = {"mode": mode, "compiled": compiled, "fused_optimizer": run["fused_optimizer"],
-                             **system_report(run, batches, args.warmup, flops, peak),
-                             "peak_memory_bytes": memory.peak_bytes(), "peak_memory_kind": memory.kind}
-            del model, run
+        for _ in range(args.repeats):  # systems alternate, so slow drifts of the machine hit both
+            for name in systems:
+                measured[name].append(_measure(name, Path(tmp), data=data, order=order, args=args, profile=profile,
+                                               config=config, baseline=baseline, token_types=token_types))
+
+    reports = {}
+    for name, runs in measured.items():
+        first = runs[0]
+        per_repeat = [system_report(m["run"], m["batches"], args.warmup, flops, peak) for m in runs]
+        # rates over every timed step of every repeat; losses and data order of the first (all repeat them)
+        report = system_report({"step_times": [t for m in runs for t in m["run"]["step_times"][args.warmup:]],
+                                "losses": first["run"]["losses"], "indices": first["run"]["indices"]},
+                               [b for m in runs for b in m["batches"][args.warmup:]], 0,
+                               tuple([f[args.warmup:] * len(runs) for f in flops]), peak)
+        report["warmup_time_s"] = per_repeat[0]["warmup_time_s"]
+        reports[name] = {"mode": first["mode"], "compiled": first["compiled"],
+                         "fused_optimizer": first["fused_optimizer"], **report,
+                         "samples_per_second_per_repeat": [r["samples_per_second"] for r in per_repeat],
+                         "peak_memory_bytes": max(m["peak_memory_bytes"] for m in runs),
+                         "peak_memory_kind": first["peak_memory_kind"]}
 
     timed = baseline[args.warmup:]
     real, padded = sum(b.real_tokens for b in timed), sum(b.tokens for b in timed)
@@ -536,10 +495,10 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         "versions": versions(),
         "settings": {
             "task": args.task, "model_config": args.model_config, "data": args.data, "tokenizer": tokenizer_path,
-            "seq_len": args.seq_len, "doc_stride": args.doc_stride if args.task == "qa" else None,
-            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-            "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
-            "systems": systems, "mode": args.mode, "compile_baseline": args.compile_baseline,
+            "max_seq_length": seq_len, "doc_stride": args.doc_stride if args.task == "qa" else None,
+            "per_device_train_batch_size": batch_size, "steps": args.steps, "warmup": args.warmup,
+            "repeats": args.repeats, "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
+            "systems": systems, "mode": profile.execution_mode, "compile_baseline": args.compile_baseline,
             "threads": profile.cpu_threads,
             "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
             "hardware": asdict(profile),
@@ -548,7 +507,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             "model_type": config.model_type, "task": hone_task, "parameters": n_params,
             "layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
             "matmul_parameters": dict(zip(("per_token", "per_sequence"), perf.matmul_params(config, hone_task))),
-            "train_flops_per_sample_at_seq_len": perf.train_flops(config, hone_task, args.seq_len),
+            "train_flops_per_sample_at_seq_len": perf.train_flops(config, hone_task, seq_len),
         },
         "device_peak": None if peak is None else {"device": peak[0], "bf16_dense_flops_per_second": peak[1]},
         "data": {
@@ -561,8 +520,12 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
     }
     if {"hone", "transformers"} <= reports.keys():
         hone, base = reports["hone"], reports["transformers"]
+        per_repeat = [h / b for h, b in zip(hone["samples_per_second_per_repeat"],
+                                            base["samples_per_second_per_repeat"])]
         report["hone_vs_transformers"] = {
             "samples_per_second_ratio": hone["samples_per_second"] / base["samples_per_second"],
+            "samples_per_second_ratio_per_repeat": per_repeat,
+            "samples_per_second_ratio_spread": _spread(per_repeat),
             "peak_memory_ratio": hone["peak_memory_bytes"] / max(1, base["peak_memory_bytes"]),
         }
     return report
@@ -578,34 +541,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=list(TASKS), help="Which task head and data.")
     p.add_argument("--model_config", required=True,
-                   help=f"A named config built with fresh weights ({', '.join(NAMED_CONFIGS)}) or a checkpoint "
+                   help=f"A named config built with fresh weights ({', '.join(PRESETS)}) or a checkpoint "
                         "folder (its real weights).")
-    p.add_argument("--data", required=True, help="qa: SQuAD json/jsonl; glue: .tsv; clm: raw text; "
-                                                 "mlm: text lines.")
+    p.add_argument("--data", required=True, help="qa: SQuAD json/jsonl; glue: a labelled GLUE/CSV/TSV/JSONL "
+                                                 "file; clm: raw text; mlm: text lines.")
     p.add_argument("--tokenizer", help="Tokenizer folder (default: the checkpoint folder).")
-    p.add_argument("--seq_len", type=int, default=384, help="max_seq_length / block size.")
+    p.add_argument("--max_seq_length", "--seq_len", type=int, default=384, help="Tokens per sample / block size.")
     p.add_argument("--doc_stride", type=int, default=128, help="qa: tokens shared by consecutive windows.")
-    p.add_argument("--batch_size", type=int, default=16, help="Micro batch, in samples, for both systems.")
-    p.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    p.add_argument("--per_device_train_batch_size", "--batch_size", type=int, default=16,
+                   help="Micro batch, in samples, for both systems.")
+    p.add_argument("--steps", type=int, default=10, help="Timed steps per repeat.")
     p.add_argument("--warmup", type=int, default=2, help="Untimed steps first (compilation, caches).")
+    p.add_argument("--repeats", type=int, default=3, help="Measure each system this many times (alternating).")
     p.add_argument("--hardware", default="auto", help="Hardware profile: cpu, cpu-bf16, a100, h100, auto or YAML.")
     p.add_argument("--hardware_overrides", help="Edit the profile: 'k=v,k=v'.")
     p.add_argument("--systems", default="hone,transformers", help="Which systems, in run order.")
-    p.add_argument("--mode", choices=MODES, help="hone's execution mode (default: the profile's fastest).")
+    p.add_argument("--mode", choices=MODES, help="hone's execution mode (default: the profile's).")
     p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
     p.add_argument("--learning_rate", "--lr", type=float, default=5e-5, help="AdamW learning rate (both).")
     p.add_argument("--dropout", type=float, help="Set every dropout of the model (default: its config's).")
     p.add_argument("--seed", type=int, default=42, help="Sample order, fresh weights, masking.")
-    p.add_argument("--threads", type=int, help="torch CPU threads for both systems: the profile's cpu_threads (default: "
-                                               "torch's, one per core). 1 keeps a shared CPU's other load from "
-                                               "stalling every op.")
+    p.add_argument("--threads", type=int, help="torch CPU threads for both systems: the profile's cpu_threads "
+                                               "(default: torch's, one per core).")
     p.add_argument("--out", help="JSON file to write (default benchmarks/results/bench-<task>-<model>-"
                                  "<hardware>-<date>-<time>.json).")
     return parser.parse_args(argv)
 
 
 def default_out(args: argparse.Namespace, report: dict) -> Path:
-    model = args.model_config if args.model_config in NAMED_CONFIGS else Path(args.model_config).resolve().name
+    model = args.model_config if preset(args.model_config) else Path(args.model_config).resolve().name
     hardware = report["settings"]["hardware"]["name"]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("benchmarks") / "results" / f"bench-{args.task}-{model}-{hardware}-{stamp}.json"
@@ -619,18 +583,17 @@ def summary(report: dict) -> str:
                      f"+- {r['step_time_std_s']:.3f} s, peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB, "
                      f"loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}")
     if "hone_vs_transformers" in report:
-        lines.append(f"hone / transformers: {report['hone_vs_transformers']['samples_per_second_ratio']:.2f}x "
-                     f"samples/s (baseline padding share {report['data']['baseline_padding_share']:.1%})")
+        ratio = report["hone_vs_transformers"]
+        spread = ratio["samples_per_second_ratio_spread"]
+        lines.append(f"hone / transformers: {ratio['samples_per_second_ratio']:.2f}x samples/s over "
+                     f"{report['settings']['repeats']} repeats (per repeat {spread['min']:.2f}x to {spread['max']:.2f}x; "
+                     f"baseline padding share {report['data']['baseline_padding_share']:.1%})")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        report = run_benchmark(args, command=shlex.join(["hone", "bench", *argv]))
-    except USER_ERRORS as err:
-        log.error("hone bench: error: %s", err)
-        return 2
+    report = run_benchmark(args, command=shlex.join(["hone", "bench", *argv]))
     out = Path(args.out) if args.out else default_out(args, report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -56,14 +56,21 @@ def pad_collate(rows: Sequence[dict], pad_token_id: int,
 
 
 class Collator:
-    """`pad_collate` with its pad id and multiple bound; picklable for DataLoader workers."""
+    """`pad_collate` with its pad id and multiple bound; picklable for DataLoader workers.
+
+    A batch without padding (equal rows, e.g. language-model blocks) loses its all-ones
+    attention_mask: the model then runs attention without a mask, its fastest path, with
+    the same result."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        return pad_collate(rows, self.pad_token_id, self.pad_to_multiple_of)
+        batch = pad_collate(rows, self.pad_token_id, self.pad_to_multiple_of)
+        if "attention_mask" in batch and bool(batch["attention_mask"].all()):
+            del batch["attention_mask"]
+        return batch
 
 
 def make_collator(mode: str, *, pad_token_id: int, position_offset: int = 0, max_seq_len: int | None = None,
