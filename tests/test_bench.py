@@ -16,11 +16,11 @@ import torch
 
 from hone import cli, perf
 from hone.bench import main, mask_tokens
-from hone.models.presets import PRESETS
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.synthetic import make_synthetic_squad
 from hone.data.tokenizer import load_tokenizer
 from hone.models.checkpoint import build_model, config_from_dict
+from hone.models.presets import PRESETS
 from paths import DATA as SHARED_DATA
 
 pytest.importorskip("transformers")
