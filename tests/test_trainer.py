@@ -25,6 +25,7 @@ from hone.engine.trainer import (
     TrainingDivergedError,
     predict,
 )
+from hone.errors import HoneError
 from hone.hardware import HardwareProfile
 
 CPU = HardwareProfile(name="cpu", device="cpu", precision="fp32")
@@ -376,3 +377,63 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path):
     Trainer(model_b, make_args(tmp_path / "b"), CPU, RegressionData(), collate).train()
     np.testing.assert_allclose(train_losses(tmp_path / "a"), train_losses(tmp_path / "b"), atol=1e-6)
     assert set(load_file(tmp_path / "a" / "model.safetensors")) == {"linear.weight", "linear.bias"}  # no _orig_mod.
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def test_epoch_strategies_and_no_checkpoints(tmp_path):
+    """Logging, evaluation and saving by epoch; save_strategy no writes no checkpoint and the
+    train loss is still the mean step loss."""
+    evaluations = []
+
+    def eval_fn(model):
+        evaluations.append(True)
+        return {"eval_score": 1.0}
+
+    args = make_args(tmp_path / "epoch", max_steps=-1, num_train_epochs=3, gradient_accumulation_steps=1,
+                     logging_strategy="epoch", eval_strategy="epoch", save_strategy="epoch")
+    Trainer(Regressor(), args, CPU, RegressionData(n=30), collate, eval_fn=eval_fn).train()
+    log = read_log(tmp_path / "epoch")
+    assert [r["step"] for r in log if "loss" in r] == [8, 16, 24]  # ceil(30 / 4) = 8 steps an epoch
+    assert [r["step"] for r in log if "eval_score" in r] == [8, 16, 24] and len(evaluations) == 3
+    assert sorted(p.name for p in (tmp_path / "epoch").glob("checkpoint-*")) == [
+        "checkpoint-16", "checkpoint-24", "checkpoint-8"]
+
+    args = make_args(tmp_path / "none", max_steps=6, gradient_accumulation_steps=1, save_strategy="no",
+                     logging_steps=1)
+    metrics = Trainer(Regressor(), args, CPU, RegressionData(), collate).train()
+    assert not list((tmp_path / "none").glob("checkpoint-*")) and (tmp_path / "none" / "model.safetensors").is_file()
+    losses = [r["loss"] for r in read_log(tmp_path / "none") if "loss" in r]
+    assert metrics["train_loss"] == pytest.approx(sum(losses) / 6, rel=1e-6) and metrics["train_loss"] > 0
+
+
+@pytest.mark.parametrize("greater_is_better", [True, False])
+def test_load_best_model_at_end_keeps_the_best_checkpoint(tmp_path, greater_is_better):
+    """The metric peaks at step 4: that checkpoint survives save_total_limit 1 and becomes the model."""
+    scores = iter([0.2, 0.9, 0.5])
+
+    def eval_fn(model):
+        score = next(scores)
+        return {"eval_score": score if greater_is_better else -score}
+
+    args = make_args(tmp_path, max_steps=6, gradient_accumulation_steps=1, eval_steps=2, save_steps=2,
+                     save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="score",
+                     greater_is_better=greater_is_better)
+    model = Regressor()
+    trainer = Trainer(model, args, CPU, RegressionData(), collate, eval_fn=eval_fn)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    best = load_file(tmp_path / "checkpoint-4" / "model.safetensors")
+    final = load_file(tmp_path / "model.safetensors")
+    assert torch.equal(final["linear.weight"], best["linear.weight"])
+    assert torch.equal(model.linear.weight.detach(), best["linear.weight"])
+    assert not torch.equal(best["linear.weight"], load_file(tmp_path / "checkpoint-6" / "model.safetensors")["linear.weight"])
+
+
+def test_metric_for_best_model_must_exist(tmp_path):
+    args = make_args(tmp_path, max_steps=2, gradient_accumulation_steps=1, eval_steps=2, save_steps=2,
+                     load_best_model_at_end=True, metric_for_best_model="f1")
+    trainer = Trainer(Regressor(), args, CPU, RegressionData(), collate, eval_fn=lambda m: {"eval_exact": 1.0})
+    with pytest.raises(HoneError, match="'eval_f1' is not among this task's evaluation metrics .*eval_exact"):
+        trainer.train()

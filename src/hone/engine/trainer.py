@@ -375,6 +375,7 @@ class Trainer:
                     state.epoch_index, state.epoch_samples = state.epoch_index + 1, 0
             if self._last_saved != state.global_step and args.save_strategy != "no":
                 self._save_checkpoint()
+            state.total_loss, _ = self._read(self._total_loss)
             runtime = time.perf_counter() - start_time
             if args.load_best_model_at_end:
                 self._load_best_model()
@@ -383,9 +384,12 @@ class Trainer:
                 self._plot_loss_curve()
             distributed.barrier()  # every rank returns with the output folder complete
         except KeyboardInterrupt:
-            where = (f"the last checkpoint is {self.last_checkpoint}: run the same command again to resume "
-                     f"from it (or pass --resume_from_checkpoint {self.last_checkpoint})"
-                     if self.last_checkpoint else "no checkpoint was saved yet")
+            # the newest complete checkpoint of this run (Ctrl-C may land while one is being recorded)
+            saved = [p for p in checkpointing.list_checkpoints(self.output_dir)
+                     if self.output.outputs.get(p.name) == "checkpoint"]
+            last = saved[-1] if saved else None
+            where = (f"the last checkpoint is {last}: run the same command again to resume from it (or pass "
+                     f"--resume_from_checkpoint {last})" if last else "no checkpoint was saved yet")
             raise RunInterrupted(f"interrupted at step {state.global_step} of {self.total_steps}; {where}") from None
         finally:
             self._close_logs()
