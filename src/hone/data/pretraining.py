@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -330,16 +331,19 @@ def _prepare_shard(job: tuple[int, list[list[str]]]) -> dict:
 # ----------------------------------------------------------------------------- the whole corpus
 
 def _shard_jobs(documents: Iterator[tuple[list[str], int]], per_shard: int,
-                progress: tqdm) -> Iterator[tuple[int, list[list[str]]]]:
+                sizes: dict[int, int]) -> Iterator[tuple[int, list[list[str]]]]:
+    """(shard index, its documents), read lazily; sizes[index] = the input bytes it covers."""
     batch: list[list[str]] = []
-    index = 0
-    for document, nbytes in documents:
+    index = nbytes = 0
+    for document, size in documents:
         batch.append(document)
-        progress.update(nbytes)
+        nbytes += size
         if len(batch) == per_shard:
+            sizes[index] = nbytes
             yield index, batch
-            batch, index = [], index + 1
+            batch, index, nbytes = [], index + 1, 0
     if batch:
+        sizes[index] = nbytes
         yield index, batch
 
 
@@ -429,16 +433,17 @@ def prepare_pretraining(argv: list[str]) -> dict:
     documents = read_documents(inputs, settings.input_format, text_column=settings.text_column,
                                sentence_splitter=settings.sentence_splitter)
     init = (str(args.tokenizer), str(output), asdict(settings), args.num_workers > 1)
-    shards = []
-    with tqdm(total=sum(f.stat().st_size for f in inputs), unit="B", unit_scale=True,
-              desc="prepare-pretraining", dynamic_ncols=True) as progress:
-        jobs = _shard_jobs(documents, settings.documents_per_shard, progress)
-        if args.num_workers > 1:
-            with ProcessPoolExecutor(args.num_workers, initializer=_init_worker, initargs=init) as pool:
-                shards = list(_ordered_map(pool, _prepare_shard, jobs, 2 * args.num_workers))
-        else:
+    shards, sizes = [], {}
+    jobs = _shard_jobs(documents, settings.documents_per_shard, sizes)
+    with (tqdm(total=sum(f.stat().st_size for f in inputs), unit="B", unit_scale=True, desc="prepare-pretraining",
+               dynamic_ncols=True) as progress,
+          ProcessPoolExecutor(args.num_workers, initializer=_init_worker, initargs=init)
+          if args.num_workers > 1 else nullcontext() as pool):
+        if pool is None:
             _init_worker(*init)
-            shards = list(_ordered_map(None, _prepare_shard, jobs, 1))
+        for stats in _ordered_map(pool, _prepare_shard, jobs, 2 * args.num_workers):
+            shards.append(stats)
+            progress.update(sizes.pop(len(shards) - 1))  # input bytes done
     if not shards or not sum(s["instances"] for s in shards):
         raise PretrainingDataError(f"--input {' '.join(args.input)} produced no instances: no text found "
                                    f"(input format {settings.input_format})")
