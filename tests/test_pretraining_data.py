@@ -8,6 +8,7 @@ truncation rules of create_pretraining_data.py can be checked instance by instan
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -238,6 +239,12 @@ def test_shards_read_back_what_was_built(tiny, tmp_path):
             assert len(targets) == min(5, max(1, round(0.15 * len(ids))))
     assert row_index == len(dataset)
     assert dataset[-1]["input_ids"].tolist() == dataset[len(dataset) - 1]["input_ids"].tolist()
+    # DataLoader workers get the file names, not the arrays, and map the files themselves
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 20_000
+    copy = pickle.loads(blob)
+    for i in (0, len(dataset) // 2, len(dataset) - 1):
+        assert all(np.array_equal(copy[i][k], dataset[i][k]) for k in dataset[i])
 
 
 def test_held_out_shards(tiny, tmp_path):
