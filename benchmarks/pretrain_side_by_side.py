@@ -31,28 +31,29 @@ import numpy as np
 import torch
 
 from hone.bench import (
-    NAMED_CONFIGS,
     BenchData,
-    apply_hone_mode,
+    baseline_collate,
     batch_flops,
     load_transformers_model,
-    machine_info,
     make_batches,
     sample_order,
     system_report,
     train_steps,
-    versions,
 )
+from hone.data.collate import make_collator
 from hone.data.pretraining import prepare_pretraining
 from hone.data.shards import PretrainingDataset
+from hone.engine.trainer import apply_execution_profile
 from hone.hardware import resolve_profile
 from hone.models.checkpoint import build_model, config_from_dict, load_model
+from hone.models.presets import preset
+from hone.reporting import machine_info, versions
 
 MODELS = {
-    "small": {**NAMED_CONFIGS["bert-base"], "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "small": {**preset("bert-base-uncased"), "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
               "intermediate_size": 1024},
-    "minilm": NAMED_CONFIGS["minilm"],
-    "bert-base": NAMED_CONFIGS["bert-base"],
+    "minilm": preset("minilm"),
+    "bert-base": preset("bert-base-uncased"),
 }
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> int:
     profile = resolve_profile(args.hardware, None)
     if args.threads:
         profile = replace(profile, cpu_threads=args.threads)
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # for both systems
     with tempfile.TemporaryDirectory(prefix="hone-pretrain-bench-") as tmp:
         dataset = PretrainingDataset.open(prepared_data(args, Path(tmp)))
         rows = [dataset[i] for i in range(len(dataset))]
@@ -95,7 +96,8 @@ def main(argv: list[str]) -> int:
         config = config_from_dict(dict(MODELS[args.model], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
                                   source=args.model)
         order = sample_order(len(rows), (args.warmup + args.steps) * args.batch_size, args.seed)
-        baseline = make_batches(data, order, args.batch_size, layout="longest", seq_len=args.seq_len, token_types=True)
+        baseline = make_batches(data, order, args.batch_size, collate=baseline_collate("longest", 0, args.seq_len),
+                                layout="longest", token_types=True)
         flops = batch_flops(data, baseline, config, "mlm", args.seq_len)
         torch.manual_seed(args.seed)
         folder = Path(tmp) / "model"
@@ -105,10 +107,10 @@ def main(argv: list[str]) -> int:
             torch.manual_seed(args.seed)
             if name == "hone":
                 model = load_model(folder, "pretraining")
-                mode = "unpadded" if profile.unpad else "padded"
-                apply_hone_mode(model, mode)
-                batches = make_batches(data, order, args.batch_size, layout="dynamic" if mode == "padded" else mode,
-                                       seq_len=args.seq_len, token_types=True)
+                apply_execution_profile(model, profile)
+                mode = profile.execution_mode
+                collate = make_collator(mode, pad_token_id=0, max_seq_len=args.seq_len)
+                batches = make_batches(data, order, args.batch_size, collate=collate, layout=mode, token_types=True)
             else:
                 model, mode, batches = load_transformers_model(folder, "AutoModelForPreTraining"), "longest", baseline
             run = train_steps(model, batches, profile, lr=5e-5, warmup=args.warmup, compile_model=False,
@@ -120,7 +122,7 @@ def main(argv: list[str]) -> int:
         "benchmark": "BERT pre-training steps, hone vs transformers BertForPreTraining",
         "command": shlex.join(["python", "benchmarks/pretrain_side_by_side.py", *argv]),
         "machine": machine_info(), "versions": versions(),
-        "settings": {**vars(args), "profile": profile.name, "precision": profile.precision,
+        "settings": {**vars(args), "profile": profile.name, "precision": profile.precision, "mode": profile.execution_mode,
                      "threads": torch.get_num_threads()},
         "data": {"instances": len(dataset), "mean_real_tokens": float(lengths.mean()),
                  "padding_share_at_seq_len": float(1 - lengths.mean() / args.seq_len),

@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
+from hone.data.collate import Collator
 from hone.data.masking import Masker, MaskingCollator, MaskingError, special_token_ids, word_start_table
 from hone.data.packing import PackCollator
 from hone.data.tokenizer import load_tokenizer
@@ -238,7 +239,7 @@ def test_masking_collator_pads_packs_and_pickles():
     g = np.random.default_rng(0)
     rows = [{"input_ids": np.concatenate([[CLS], g.integers(5, VOCAB, n), [SEP]]),
              "attention_mask": np.ones(n + 2, dtype=np.int64)} for n in (30, 10, 50)]
-    collator = MaskingCollator(masker(policy="per_token"), pad_token_id=PAD, seed=1)
+    collator = MaskingCollator(masker(policy="per_token"), Collator(PAD), seed=1)
     torch.manual_seed(0)
     batch = collator(rows)
     assert batch["input_ids"].shape == batch["labels"].shape == (3, 52)
@@ -258,7 +259,7 @@ def test_masking_collator_pads_packs_and_pickles():
     torch.manual_seed(1)
     assert not torch.equal(pickle.loads(pickle.dumps(collator))(rows)["labels"], batch["labels"])
 
-    packed = MaskingCollator(masker(), PAD, seed=1, packer=PackCollator(64, PAD))(rows)
+    packed = MaskingCollator(masker(), PackCollator(64, PAD), seed=1)(rows)
     assert packed["input_ids"].shape[0] == 2 and len(packed["cu_seqlens"]) == 4
     assert (packed["labels"] != -100).sum() == sum(max(1, round(0.15 * (len(r["input_ids"])))) for r in rows)
 

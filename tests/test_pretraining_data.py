@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
+from hone.data.collate import make_collator
 from hone.data.documents import DocumentFormatError, read_documents, split_sentences
 from hone.data.masking import Masker, MaskingCollator
 from hone.data.pretraining import (
@@ -326,7 +327,7 @@ def test_mlm_objective_blocks_and_dynamic_masks(tiny, tmp_path):
         np.array_equal(in_memory[i]["input_ids"], dataset[i]["input_ids"]) for i in range(len(dataset)))
     masker = Masker.for_tokenizer(tokenizer, **manifest["masking"])  # dynamic masks as recorded: run_mlm's
     assert masker.policy == "per_token" and masker.settings() == manifest["masking"]
-    collate = MaskingCollator(masker, tokenizer.pad_token_id, seed=0)
+    collate = MaskingCollator(masker, make_collator("unpadded", pad_token_id=tokenizer.pad_token_id), seed=0)
     batch = collate([dataset[i] for i in range(8)])
     assert batch["labels"].shape == batch["input_ids"].shape and (batch["labels"] != -100).any()
 

@@ -29,14 +29,12 @@ numpy Generator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from hone.data.collate import pad_collate
-from hone.data.packing import PackCollator
 from hone.errors import HoneError
 from hone.models.padding import IGNORE_INDEX
 
@@ -219,9 +217,11 @@ class Masker:
 
 
 class MaskingCollator:
-    """Dynamic masking (RoBERTa): masks every batch afresh, then pads (`pad_collate`) or packs
-    (`packer`, a hone.data.packing.PackCollator). Rows are dicts with an unmasked 1-D
-    `input_ids` (and any other fields); the batch gets `labels` (-100 except targets).
+    """Dynamic masking (RoBERTa): masks every batch afresh, then hands the rows to `collate`
+    (any collate function: hone.data.collate.make_collator's for the execution mode, a
+    Collator, a PackCollator). Rows are dicts with an unmasked 1-D `input_ids` (and any other
+    fields); they reach `collate` with masked input_ids and per-token `labels` (-100 except
+    the targets).
 
     Masks come from a numpy Generator seeded with (seed, torch.initial_seed()) on the first
     call in each process: DataLoader gives every worker its own torch seed (drawn from the
@@ -229,13 +229,10 @@ class MaskingCollator:
     seed, loader generator and number of workers. Picklable for DataLoader workers.
     """
 
-    def __init__(self, masker: Masker, pad_token_id: int, seed: int, *, pad_to_multiple_of: int | None = None,
-                 packer: PackCollator | None = None):
+    def __init__(self, masker: Masker, collate: Callable[[Sequence[dict]], dict[str, torch.Tensor]], seed: int):
         self.masker = masker
-        self.pad_token_id = pad_token_id
+        self.collate = collate
         self.seed = seed
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.packer = packer
         self._rng: np.random.Generator | None = None
 
     def __getstate__(self) -> dict:
@@ -247,8 +244,5 @@ class MaskingCollator:
         ids = [np.asarray(row["input_ids"]) for row in rows]
         offsets = np.concatenate([[0], np.cumsum([len(i) for i in ids])])
         inputs, labels = self.masker.mask(np.concatenate(ids), offsets, self._rng)
-        masked = [{**row, "input_ids": inputs[a:b], "labels": labels[a:b]}
-                  for row, a, b in zip(rows, offsets[:-1], offsets[1:])]
-        if self.packer is not None:
-            return self.packer(masked)
-        return pad_collate(masked, self.pad_token_id, self.pad_to_multiple_of)
+        return self.collate([{**row, "input_ids": inputs[a:b], "labels": labels[a:b]}
+                             for row, a, b in zip(rows, offsets[:-1], offsets[1:])])
