@@ -115,10 +115,10 @@ def make_rows(model_type: str, task: str | None, variant: str = "", seed: int = 
     return rows
 
 
-def run(model, batch: dict, unpadded: bool = False):
+def run(model, batch: dict, unpadded: bool = False, **options):
     model.set_unpadded(unpadded)
     model.zero_grad(set_to_none=True)
-    out = model(**batch)
+    out = model(**batch, **options)
     if out.loss is not None:
         out.loss.backward()
     model.set_unpadded(False)
@@ -153,8 +153,9 @@ def test_packed_equals_unpacked(model_type, task, variant, token_keys, example_k
     order = [i for row in first_fit_decreasing(LENGTHS, MAX_SEQ_LEN) for i in row]
 
     # QA's packed loss is defined as the unpacked one under unpadded execution
-    ref, ref_grads = run(model, unpacked, unpadded=task == "qa")
-    got, got_grads = run(model, packed)
+    dense = {"dense_logits": True} if task in ("mlm", "pretraining") else {}  # logits at every position
+    ref, ref_grads = run(model, unpacked, unpadded=task == "qa", **dense)
+    got, got_grads = run(model, packed, **dense)
     real = unpacked["attention_mask"].bool()
     for key in token_keys:
         per_example = unpack(got[key], packed)

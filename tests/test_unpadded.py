@@ -134,7 +134,8 @@ def run_both(model, inputs, labels, task):
     for unpadded in (False, True):
         model.set_unpadded(unpadded)
         model.zero_grad(set_to_none=True)
-        out = model(**inputs, **labels)
+        dense = {"dense_logits": True} if task in ("mlm", "pretraining") else {}  # logits at every position
+        out = model(**inputs, **labels, **dense)
         loss = reference_loss(out, inputs, labels, task) if not unpadded else out.loss
         if loss is not None:
             loss.backward()

@@ -29,7 +29,7 @@ from hone.models.base import (
     token_prediction_loss,
 )
 from hone.models.outputs import ModelOutput
-from hone.models.padding import AttentionLayout, attention
+from hone.models.padding import IGNORE_INDEX, AttentionLayout, attention
 
 
 @dataclass
@@ -343,6 +343,28 @@ class MaskedLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
 
+    def predict(self, hidden: torch.Tensor, word_embeddings: torch.Tensor, layout: AttentionLayout,
+                labels: torch.Tensor | None, dense_logits: bool, logits_name: str) -> ModelOutput:
+        """Masked-LM logits and loss of the hidden states (*tokens, C).
+
+        With labels (and not `dense_logits`), only the targets (labels != -100, ~15% of the
+        tokens) go through the head: `masked_logits` (M, V) and `masked_labels` (M,), targets
+        in row-major (B, T) order; the loss is the same mean over targets as the dense one.
+        Otherwise every token: `logits_name` (B, T, V), as transformers returns it.
+        """
+        if labels is None or dense_logits:
+            logits = self(hidden, word_embeddings)  # (*tokens, V)
+            out = ModelOutput({logits_name: layout.restore_padding(logits)})
+            if labels is not None:
+                out.loss = token_prediction_loss(logits, layout.remove_padding(labels))
+            return out
+        labels = layout.remove_padding(labels).reshape(-1)  # (tokens,)
+        targets = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # (M,)
+        logits = self(hidden.flatten(0, -2).index_select(0, targets), word_embeddings)  # (M, V)
+        masked_labels = labels.index_select(0, targets)
+        return ModelOutput(masked_logits=logits, masked_labels=masked_labels,
+                           loss=token_prediction_loss(logits, masked_labels))
+
 
 def _mlm_key_map(model_type: str) -> KeyMap:
     if model_type == "roberta":
@@ -358,7 +380,9 @@ def _mlm_key_map(model_type: str) -> KeyMap:
 
 
 class BertForMaskedLM(PreTrainedModule):
-    """Masked LM: logits (B, T, vocab); labels -100 are ignored."""
+    """Masked LM: logits (B, T, vocab); labels -100 are ignored. Given labels, only the
+    targets are predicted (masked_logits, masked_labels) unless dense_logits=True
+    (MaskedLMHead.predict)."""
 
     hf_suffix = "ForMaskedLM"
 
@@ -380,19 +404,18 @@ class BertForMaskedLM(PreTrainedModule):
         labels: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        dense_logits: bool = False,
     ) -> ModelOutput:
         x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
-        logits = self.lm_head(x, self.backbone.embeddings.word_embeddings.weight)  # (*tokens, V)
-        out = ModelOutput(logits=layout.restore_padding(logits))
-        if labels is not None:
-            out.loss = token_prediction_loss(logits, layout.remove_padding(labels))
-        return out
+        word_embeddings = self.backbone.embeddings.word_embeddings.weight
+        return self.lm_head.predict(x, word_embeddings, layout, labels, dense_logits, "logits")
 
 
 class BertForPreTraining(PreTrainedModule):
     """BERT pre-training: masked LM + next-sentence prediction (cls.seq_relationship).
 
-    loss = MLM loss (labels) + NSP loss (next_sentence_label), -100 ignored in both.
+    loss = MLM loss (labels) + NSP loss (next_sentence_label), -100 ignored in both. Given
+    labels, only the targets are predicted unless dense_logits=True (MaskedLMHead.predict).
     """
 
     hf_suffix = "ForPreTraining"
@@ -420,18 +443,15 @@ class BertForPreTraining(PreTrainedModule):
         next_sentence_label: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        dense_logits: bool = False,
     ) -> ModelOutput:
         x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
-        prediction_logits = self.lm_head(x, self.backbone.embeddings.word_embeddings.weight)  # (*tokens, V)
-        seq_relationship_logits = self.seq_relationship(self.backbone.pooler(layout.first_tokens(x)))  # (S, 2)
-        result = ModelOutput(
-            prediction_logits=layout.restore_padding(prediction_logits), seq_relationship_logits=seq_relationship_logits
-        )
-        losses = []
-        if labels is not None:
-            losses.append(token_prediction_loss(prediction_logits, layout.remove_padding(labels)))
+        word_embeddings = self.backbone.embeddings.word_embeddings.weight
+        result = self.lm_head.predict(x, word_embeddings, layout, labels, dense_logits, "prediction_logits")
+        result.seq_relationship_logits = self.seq_relationship(self.backbone.pooler(layout.first_tokens(x)))  # (S, 2)
+        losses = [] if result.loss is None else [result.loss]
         if next_sentence_label is not None:
-            losses.append(token_prediction_loss(seq_relationship_logits, next_sentence_label))
+            losses.append(token_prediction_loss(result.seq_relationship_logits, next_sentence_label))
         if losses:
             result.loss = sum(losses)
         return result
