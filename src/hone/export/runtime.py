@@ -136,7 +136,9 @@ class TorchBackend(Backend):
         self._forward = torch.compile(self.model, dynamic=True, mode=mode) if compile else self.model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.model.set_unpadded(self.unpadded)  # one model object may serve several backends
+        # one model object may serve several backends; a batch without padding is all real tokens
+        # already, and the padded layout runs it without the varlen bookkeeping
+        self.model.set_unpadded(self.unpadded and not batch["attention_mask"].all())
         inputs = {k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(self.device)
                   for k in self.input_names if k in batch}
         dtype = _AUTOCAST[self.precision]
