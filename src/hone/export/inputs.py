@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hone.data.squad import read_squad
 from hone.data.synthetic import make_synthetic_squad
 from hone.data.tokenizer import HoneTokenizer
 from hone.errors import HoneError
@@ -35,11 +34,6 @@ def synthetic_examples(num_paragraphs: int, seed: int = 0) -> list[dict]:
                                  "answers": {"text": [a["text"] for a in answers],
                                              "answer_start": [a["answer_start"] for a in answers]}})
     return examples
-
-
-def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
-    """SQuAD examples of a file (official JSON or JSON Lines), the first `limit` of them."""
-    return read_squad(path)[:limit]
 
 
 def read_texts(path: str | Path) -> tuple[list[str], list[str] | None, list[str] | None]:

@@ -383,7 +383,8 @@ def export_onnx(model: str | Path | PreTrainedModule, task: str, output_dir: str
     if source is not None and (source / "config.json").is_file():
         shutil.copyfile(source / "config.json", out / "config.json")
     else:
-        (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        config = {**model.config.to_dict(), "architectures": [model.hf_architecture]}
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save(out)
     import onnxruntime as ort
