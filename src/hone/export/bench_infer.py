@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hone.bench import load_transformers_model, machine_info, versions
+from hone.bench import load_transformers_model
 from hone.data.squad import has_unanswerable, prepare_eval_features, read_squad
 from hone.data.tokenizer import load_tokenizer
 from hone.errors import HoneError
@@ -59,6 +59,7 @@ from hone.export.runtime import (
 from hone.hardware import cpu_supports_bf16
 from hone.metrics.squad import postprocess_qa_predictions, squad_evaluate
 from hone.models.checkpoint import load_config, load_model
+from hone.reporting import machine_info, versions
 
 log = logging.getLogger("hone")
 

@@ -49,7 +49,6 @@ from hone.export.runtime import (
     OnnxBackend,
     TorchBackend,
     make_batches,
-    max_positions,
     model_input_names,
     task_of_model,
 )
@@ -178,7 +177,7 @@ def export_graph(model: PreTrainedModule, path: Path, *, opset: int = DEFAULT_OP
                           f"{DEFAULT_OPSET}")
     task = task_of_model(model)
     names = model_input_names(model.config.model_type)
-    limit = max_positions(model.config)
+    limit = model.config.max_positions
     length = min(8, limit)  # example sizes above 1: torch.export specialises dimensions of size 1
     example = torch.randint(3, model.config.vocab_size, (2, length))
     mask = torch.ones(2, length, dtype=torch.long)
@@ -266,7 +265,7 @@ def validation_rows(model: PreTrainedModule, tokenizer: HoneTokenizer | None, da
     features of `data` (SQuAD for QA, texts otherwise), else generated text of varied lengths,
     else (no tokenizer) random token ids."""
     task = task_of_model(model)
-    length = min(384, max_positions(model.config))
+    length = min(384, model.config.max_positions)
     if tokenizer is None:
         if data is not None:
             raise ExportError("--validation_data needs the tokenizer files in the model folder")
@@ -393,7 +392,7 @@ def export_onnx(model: str | Path | PreTrainedModule, task: str, output_dir: str
         "model": str(source) if source else None, "task": task, "model_type": model.config.model_type,
         "format": "onnx", "opset": opset, "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "inputs": list(model_input_names(model.config.model_type)), "outputs": list(TASK_OUTPUTS[task]),
-        "dynamic_axes": {"0": "batch", "1": "sequence"}, "max_sequence_length": max_positions(model.config),
+        "dynamic_axes": {"0": "batch", "1": "sequence"}, "max_sequence_length": model.config.max_positions,
         "settings": {"optimize": optimize, "fp16": fp16, "int8": int8, "atol": atol},
         "optimizer_fused_ops": fused,
         "validation": {"data": origin, "rows": len(rows), "batches": len(batches),

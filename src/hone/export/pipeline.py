@@ -25,7 +25,6 @@ from hone.export.runtime import (
     is_onnx,
     load_backend,
     make_batches,
-    max_positions,
     read_export_report,
     run_batches,
     stack_rows,
@@ -55,7 +54,7 @@ class QuestionAnsweringPipeline:
                  passage_first: bool = False, n_best_size: int = 20, max_answer_length: int = 30,
                  version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0,
                  batch_size: int = 32):
-        limit = max_positions(config)
+        limit = config.max_positions
         if max_seq_length > limit:
             raise PipelineError(f"max_seq_length {max_seq_length} is longer than the model's {limit} positions; "
                                 f"pass max_seq_length <= {limit}")
@@ -131,7 +130,7 @@ class TextClassificationPipeline:
     def __init__(self, backend: Backend, tokenizer: HoneTokenizer, config: ModelConfig, *,
                  max_length: int | None = None, batch_size: int = 32):
         self.backend, self.tokenizer, self.config = backend, tokenizer, config
-        self.max_length = min(max_length or max_positions(config), max_positions(config))
+        self.max_length = min(max_length or config.max_positions, config.max_positions)
         self.batch_size = batch_size
         self.pad_token_id = next((i for i in (config.pad_token_id, tokenizer.pad_token_id) if i is not None), 0)
 

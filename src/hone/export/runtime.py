@@ -25,7 +25,7 @@ import torch
 
 from hone.data.collate import pad_collate
 from hone.errors import HoneError
-from hone.models.base import ModelConfig, PreTrainedModule
+from hone.models.base import PreTrainedModule
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 BACKENDS = ("torch", "torch-unpadded", "torch-compile", "onnxruntime")
@@ -54,14 +54,6 @@ def model_input_names(model_type: str) -> tuple[str, ...]:
     embeddings, so they take none."""
     base = ("input_ids", "attention_mask")
     return (*base, "token_type_ids") if model_type == "bert" else base
-
-
-def max_positions(config: ModelConfig) -> int:
-    """Longest sequence the model's position table serves (RoBERTa's starts after the padding index)."""
-    limit = config.max_position_embeddings
-    if config.model_type == "roberta":
-        limit -= config.pad_token_id + 1
-    return limit
 
 
 def task_of_model(model: PreTrainedModule) -> str:
