@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "load_tokenizer"]
+__all__ = ["__version__", "load_model", "load_tokenizer", "pipeline"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from hone.data.tokenizer import load_tokenizer
 
         return load_tokenizer
+    if name == "pipeline":
+        from hone.export.pipeline import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'hone' has no attribute {name!r}")

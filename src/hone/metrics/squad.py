@@ -184,11 +184,14 @@ class QAPredictions:
 
     null_odds: null score minus the best non-null score (SQuAD 2.0 only; the na_prob that
     squad_evaluate takes). nbest entries: {"start_logit", "end_logit", "text", "probability"}.
+    spans: the (start, end) character span of each nbest entry in its context, (0, 0) for the
+    null answer and the placeholder (kept out of nbest, whose file matches run_qa's).
     """
     predictions: dict[str, str]
     nbest: dict[str, list[dict]]
     null_odds: dict[str, float] = field(default_factory=dict)
     version_2_with_negative: bool = False
+    spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def files(self, prefix: str | None = None) -> dict[str, dict]:
         """The files run_qa writes, name -> content: predictions.json, nbest_predictions.json and
@@ -309,16 +312,18 @@ def postprocess_qa_predictions(examples: list[dict], example_index, offsets, sta
     bounds = np.searchsorted(ex[keep], np.arange(len(examples) + 1))
     k_start, k_end = start[keep].tolist(), end[keep].tolist()
     k_score, k_char = score[keep].tolist(), char[keep].tolist()
-    predictions, nbest, best_entry, best_text = {}, {}, [], []
+    predictions, nbest, spans, best_entry, best_text = {}, {}, {}, [], []
     for i, example in enumerate(examples):
         context = example["context"]
         entries = [{"start_logit": k_start[j], "end_logit": k_end[j], "text": context[k_char[j][0]:k_char[j][1]]}
                    for j in range(bounds[i], bounds[i + 1])]
         scores = k_score[bounds[i]:bounds[i + 1]]
+        spans[example["id"]] = [tuple(k_char[j]) for j in range(bounds[i], bounds[i + 1])]
         best = next((j for j, entry in enumerate(entries) if entry["text"]), None)
         if best is None:  # no usable span: utils_qa's placeholder
             entries.insert(0, {"start_logit": 0.0, "end_logit": 0.0, "text": "empty"})
             scores.insert(0, 0.0)
+            spans[example["id"]].insert(0, (0, 0))
         top = max(scores)
         exp = [math.exp(x - top) for x in scores]
         total = sum(exp)
@@ -330,7 +335,7 @@ def postprocess_qa_predictions(examples: list[dict], example_index, offsets, sta
         best_text.append("" if best is None else entries[best]["text"])
 
     if not version_2_with_negative:
-        return QAPredictions(predictions, nbest)
+        return QAPredictions(predictions, nbest, spans=spans)
     best_entry = np.array(best_entry)
     has_best = best_entry >= 0
     # null minus the best non-null answer's logits, in the logits' dtype as utils_qa computes it
@@ -339,4 +344,4 @@ def postprocess_qa_predictions(examples: list[dict], example_index, offsets, sta
     for i, example in enumerate(examples):
         null_odds[example["id"]] = odds[i]
         predictions[example["id"]] = "" if odds[i] > null_score_diff_threshold else best_text[i]
-    return QAPredictions(predictions, nbest, null_odds, version_2_with_negative=True)
+    return QAPredictions(predictions, nbest, null_odds, version_2_with_negative=True, spans=spans)
