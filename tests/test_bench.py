@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hone import cli, perf
-from hone.bench import main, mask_tokens
+from hone.bench import main
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.synthetic import make_synthetic_squad
 from hone.data.tokenizer import load_tokenizer
@@ -207,20 +207,6 @@ def test_language_modelling_on_real_text(tmp_path, task):
 
 # ----------------------------------------------------------------------------- pieces
 
-def test_mask_tokens_draws_15_percent_80_10_10():
-    rng = np.random.default_rng(0)
-    ids = rng.integers(10, 1000, 200_000)
-    special = np.zeros(len(ids), dtype=bool)
-    special[::50] = True
-    inputs, labels = mask_tokens(ids, special, mask_id=3, vocab=1000, rng=rng)
-    chosen = labels != -100
-    assert not chosen[special].any() and (labels[chosen] == ids[chosen]).all()
-    assert chosen.sum() / (~special).sum() == pytest.approx(0.15, abs=0.005)
-    masked, kept = (inputs[chosen] == 3).mean(), (inputs[chosen] == ids[chosen]).mean()
-    assert masked == pytest.approx(0.8, abs=0.01) and kept == pytest.approx(0.1 + 0.1 / 1000, abs=0.01)
-    assert (inputs[~chosen] == ids[~chosen]).all()
-
-
 def test_train_flops_match_reference_figures():
     bert = config_from_dict(PRESETS["bert-base-uncased"])
     L, d, s = 12, 768, 384
@@ -317,3 +303,31 @@ def test_repeats_alternate_and_ratios_cover_every_timed_step(tmp_path, tiny_dir,
     assert ratio["samples_per_second_ratio_per_repeat"] == pytest.approx(per_repeat)
     assert ratio["samples_per_second_ratio_spread"]["min"] == pytest.approx(min(per_repeat))
     assert ratio["samples_per_second_ratio_spread"]["max"] == pytest.approx(max(per_repeat))
+
+
+def test_pretraining_on_prepared_shards_same_losses(tmp_path, tiny_dir):
+    """BERT pre-training (MLM + NSP) on instances prepared by hone prepare-pretraining: the same
+    static masks for both systems, so with dropout off the losses agree step by step, although
+    hone predicts only the masked positions and the baseline every position."""
+    from hone.data.pretraining import prepare_pretraining
+
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex".split()
+    documents = ["\n".join(" ".join(rng.choice(words, rng.integers(4, 9))) + "." for _ in range(rng.integers(2, 6)))
+                 for _ in range(30)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(documents) + "\n")
+    prepare_pretraining(["--input", str(corpus), "--tokenizer", str(tiny_dir), "--output", str(tmp_path / "shards"),
+                         "--max_seq_length", "64", "--max_predictions_per_seq", "10", "--dupe_factor", "2",
+                         "--seed", "1"])
+    folder = tmp_path / "model"
+    config = json.loads((tiny_dir / "config.json").read_text())
+    build_model({k: v for k, v in config.items() if k not in ("architectures", "id2label")}, "pretraining") \
+        .save_pretrained(folder)
+    r = bench(tmp_path, "--task", "pretraining", "--model_config", str(folder), "--tokenizer", str(tiny_dir),
+              "--data", str(tmp_path / "shards"), "--seq_len", "64", "--batch_size", "4", "--steps", "2",
+              "--warmup", "1", "--dropout", "0", "--learning_rate", "1e-3")
+    hone, base = r["systems"]["hone"], r["systems"]["transformers"]
+    assert r["data"]["baseline_padding"] == "longest" and hone["padding_share"] == 0
+    np.testing.assert_allclose(hone["losses"], base["losses"], rtol=1e-4)
+    assert hone["losses"][0] != hone["losses"][-1]

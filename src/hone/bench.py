@@ -46,6 +46,8 @@ from hone import perf
 from hone.config import TrainingArguments
 from hone.data.collate import make_collator, pad_collate
 from hone.data.glue import load_data_file
+from hone.data.masking import Masker
+from hone.data.shards import PretrainingDataset
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
 from hone.engine.optim import build_optimizer
@@ -72,6 +74,7 @@ TASKS: dict[str, tuple[str, str, str]] = {
              "a GLUE release file or a labelled CSV/TSV/JSONL file"),
     "clm": ("clm", "AutoModelForCausalLM", "a raw text file"),
     "mlm": ("mlm", "AutoModelForMaskedLM", "a text file, one sample per line"),
+    "pretraining": ("pretraining", "AutoModelForPreTraining", "a folder written by hone prepare-pretraining"),
 }
 SYSTEMS = ("hone", "transformers")
 MODES = ("padded", "unpadded", "packed")  # HardwareProfile.execution_mode
@@ -130,44 +133,32 @@ def clm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int) -> BenchData:
     return BenchData(rows, 0, "do_not_pad")
 
 
-def mask_tokens(ids: np.ndarray, special: np.ndarray, mask_id: int, vocab: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """DataCollatorForLanguageModeling's masking, drawn once: 15% of the non-special tokens
-    (at least one) become targets; 80% of those -> mask, 10% -> a random token, 10% kept."""
-    candidates = np.flatnonzero(~special)
-    chosen = candidates[rng.random(len(candidates)) < 0.15]
-    if chosen.size == 0 and candidates.size:  # keep every row's loss defined
-        chosen = rng.choice(candidates, 1)
-    labels = np.full_like(ids, -100)
-    labels[chosen] = ids[chosen]
-    inputs = ids.copy()
-    roll = rng.random(len(chosen))
-    inputs[chosen[roll < 0.8]] = mask_id
-    random_at = chosen[(roll >= 0.8) & (roll < 0.9)]
-    inputs[random_at] = rng.integers(0, vocab, len(random_at))
-    return inputs, labels
-
-
 def mlm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, pad_token_id: int, seed: int) -> BenchData:
-    """run_mlm --line_by_line: each non-empty line one sample, truncated to seq_len, 15% masked."""
-    if tokenizer.mask_token_id is None:
-        raise BenchError("--task mlm needs a tokenizer with a mask token; the given tokenizer has none")
+    """run_mlm --line_by_line: each non-empty line one sample, truncated to seq_len, masked once
+    as DataCollatorForLanguageModeling masks (data.masking, per_token policy)."""
     lines = [line for line in _read_text(path, TASKS["mlm"][2]).splitlines() if line.strip()]
-    specials = {getattr(tokenizer, f"{n}_token_id") for n in ("cls", "sep", "pad", "bos", "eos", "mask")} - {None}
-    rng = np.random.default_rng(seed)
-    rows = []
-    for e in tokenizer.encode_batch(lines, max_length=seq_len, truncation="longest_first"):
-        ids = np.asarray(e.ids, dtype=np.int64)
-        inputs, labels = mask_tokens(ids, np.isin(ids, list(specials)), tokenizer.mask_token_id,
-                                     tokenizer.vocab_size, rng)
-        rows.append({"input_ids": inputs, "attention_mask": np.ones(len(ids), dtype=np.int64),
-                     "token_type_ids": np.asarray(e.type_ids), "labels": labels})
+    masker = Masker.for_tokenizer(tokenizer, policy="per_token")
+    encodings = tokenizer.encode_batch(lines, max_length=seq_len, truncation="longest_first")
+    ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+    offsets = np.concatenate([[0], np.cumsum([len(i) for i in ids])])
+    inputs, labels = masker.mask(np.concatenate(ids), offsets, np.random.default_rng(seed))
+    rows = [{"input_ids": inputs[a:b], "attention_mask": np.ones(b - a, dtype=np.int64),
+             "token_type_ids": np.asarray(e.type_ids), "labels": labels[a:b]}
+            for e, a, b in zip(encodings, offsets[:-1], offsets[1:])]
     return BenchData(rows, pad_token_id, "longest")
 
 
+def pretraining_data(path: Path, pad_token_id: int) -> BenchData:
+    """Instances prepared by `hone prepare-pretraining` (static masks, NSP labels), padded by the
+    baseline to each batch's longest, as run_pretraining-style scripts collate them."""
+    dataset = PretrainingDataset.open(path)
+    return BenchData([dataset[i] for i in range(len(dataset))], pad_token_id, "longest")
+
+
 def load_data(task: str, path: Path, tokenizer: HoneTokenizer, args: argparse.Namespace) -> BenchData:
-    if not path.is_file():
-        raise BenchError(f"--data {path}: no such file; --task {task} reads {TASKS[task][2]}")
+    if not (path.is_dir() if task == "pretraining" else path.is_file()):
+        raise BenchError(f"--data {path}: no such {'folder' if task == 'pretraining' else 'file'}; --task {task} "
+                         f"reads {TASKS[task][2]}")
     pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     if task == "qa":
         data = qa_data(path, tokenizer, args.max_seq_length, args.doc_stride)
@@ -175,8 +166,10 @@ def load_data(task: str, path: Path, tokenizer: HoneTokenizer, args: argparse.Na
         data = glue_data(path, tokenizer, args.max_seq_length, pad)
     elif task == "clm":
         data = clm_data(path, tokenizer, args.max_seq_length)
-    else:
+    elif task == "mlm":
         data = mlm_data(path, tokenizer, args.max_seq_length, pad, args.seed)
+    else:
+        data = pretraining_data(path, pad)
     if len(data.rows) == 0:
         raise BenchError(f"--data {path}: holds no samples")
     return data
@@ -536,7 +529,9 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hone bench", description="Benchmark hone against a transformers "
                                      "baseline: same weights, samples, precision and training loop.")
-    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="{train}")
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="{train,infer}")
+    sub.add_parser("infer", help="Time inference over backends, precisions and batch sizes "
+                                 "(hone bench infer --help).", add_help=False)
     p = sub.add_parser("train", help="Time training steps of both systems.", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=list(TASKS), help="Which task head and data.")
@@ -592,6 +587,10 @@ def summary(report: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["infer"]:  # inference backends, precisions and batch sizes: hone.export.bench_infer
+        from hone.export.bench_infer import main as infer
+
+        return infer(argv[1:])
     args = parse_args(argv)
     report = run_benchmark(args, command=shlex.join(["hone", "bench", *argv]))
     out = Path(args.out) if args.out else default_out(args, report)

@@ -21,7 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hone.tasks.demo", "Train + evaluate QA end to end on built-in data (no download)."),
     "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
     "squad-eval": ("hone.tasks.squad_eval", "Official SQuAD v1.1/v2.0 evaluation of a predictions file."),
-    "bench": ("hone.bench", "Benchmark hone against a transformers baseline."),
+    "prepare-pretraining": ("hone.data.pretraining", "Prepare BERT pre-training data (MLM + NSP) as memory-mapped "
+                                                     "shards."),
+    "export": ("hone.export.onnx", "Export a model to ONNX (optimised, fp16, int8), validated against PyTorch."),
+    "predict": ("hone.export.predict", "Answer questions or classify text with a model folder or an ONNX file."),
+    "bench": ("hone.bench", "Benchmark hone against transformers: `bench train`, `bench infer`."),
     "sweep": ("hone.sweep.cli:sweep_main", "Hyperparameter sweeps: a grid or an optuna search over a recipe."),
     "runs": ("hone.sweep.cli:runs_main", "Tables, plots and comparisons of run folders."),
 }

@@ -69,8 +69,10 @@ def matmul_params(config: ModelConfig, task: str | None) -> tuple[int, int]:
     per_sequence = 0
     if task == "qa":
         per_token += 2 * d
-    elif task == "mlm":
+    elif task in ("mlm", "pretraining"):
         per_token += d * d + d * vocab  # transform dense, then the tied vocabulary projection
+        if task == "pretraining":
+            per_sequence = d * d + 2 * d  # pooler, next-sentence head
     elif task == "clm":
         per_token += d * vocab
     elif task == "classification":
