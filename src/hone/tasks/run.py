@@ -163,8 +163,8 @@ class Run:
             if getattr(a, phase) and hasattr(t, flag):
                 if not path:
                     raise RunSetupError(f"--{phase} needs --{flag} ({r.data_help}); no dataset hub is reached")
-                if not Path(path).is_file():
-                    raise RunSetupError(f"--{flag} {path}: no such file ({r.data_help})")
+                if not Path(path).exists():
+                    raise RunSetupError(f"--{flag} {path}: no such file or folder ({r.data_help})")
 
     def _model_config(self) -> ModelConfig:
         t = self.task_args
@@ -193,7 +193,7 @@ class Run:
         config = {f.name: getattr(obj, f.name) for obj in (self.args, self.task_args)
                   for f in dataclasses.fields(obj) if f.metadata.get("trains")}
         train_file = getattr(self.task_args, "train_file", None)
-        if self.args.do_train and train_file:
+        if self.args.do_train and train_file and Path(train_file).is_file():
             config["train_file"] = Path(train_file).name
             config["train_file_sha256"] = sha256_file(Path(train_file))
         config["total_train_batch_size"] = effective_batch_sizes(self.args, self.profile, self.dist.world_size)[2]
