@@ -32,7 +32,7 @@ import yaml
 from hone import reporting
 from hone.config import TrainingArguments, arg, effective_batch_sizes, format_effective_config, parse_args
 from hone.data.collate import make_collator
-from hone.data.files import sha256_file
+from hone.data.files import digest_path
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
 from hone.engine import checkpointing, distributed
 from hone.engine.output_dir import RECORD, TRAINING_OUTPUTS, OutputDir
@@ -193,9 +193,9 @@ class Run:
         config = {f.name: getattr(obj, f.name) for obj in (self.args, self.task_args)
                   for f in dataclasses.fields(obj) if f.metadata.get("trains")}
         train_file = getattr(self.task_args, "train_file", None)
-        if self.args.do_train and train_file and Path(train_file).is_file():
+        if self.args.do_train and train_file:
             config["train_file"] = Path(train_file).name
-            config["train_file_sha256"] = sha256_file(Path(train_file))
+            config["train_file_sha256"] = digest_path(train_file)
         config["total_train_batch_size"] = effective_batch_sizes(self.args, self.profile, self.dist.world_size)[2]
         return config
 
