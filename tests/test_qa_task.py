@@ -11,17 +11,7 @@ import torch
 from hone.cli import main as hone
 from hone.data.synthetic import make_synthetic_squad
 from hone.metrics.squad import squad_evaluate
-from hone.models.bert import BertConfig
-from hone.models.checkpoint import build_model
-
-
-def _vocab(data: dict) -> list[str]:
-    words = set()
-    for para in data["data"][0]["paragraphs"]:
-        texts = [para["context"]] + [qa["question"] for qa in para["qas"]]
-        for text in texts:
-            words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+from tiny import squad_texts, tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +21,7 @@ def setup(tmp_path_factory):
     train, dev = make_synthetic_squad(24, seed=1), make_synthetic_squad(8, seed=2)
     (root / "train.json").write_text(json.dumps(train))
     (root / "dev.json").write_text(json.dumps(dev))
-    vocab = _vocab(train) + [w for w in _vocab(dev) if w not in set(_vocab(train))]
-    model_dir = root / "tiny-bert"
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    build_model(config).save_pretrained(model_dir)
-    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    model_dir = tiny_bert(root / "tiny-bert", squad_texts(train, dev))
     return root, model_dir
 
 
