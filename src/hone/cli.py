@@ -20,6 +20,7 @@ from hone.errors import HoneError, RunInterrupted
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hone.tasks.demo", "Train + evaluate QA end to end on built-in data (no download)."),
     "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
+    "glue": ("hone.tasks.glue", "Fine-tune / evaluate text classification and regression (GLUE or your files)."),
     "squad-eval": ("hone.tasks.squad_eval", "Official SQuAD v1.1/v2.0 evaluation of a predictions file."),
     "prepare-pretraining": ("hone.data.pretraining", "Prepare BERT pre-training data (MLM + NSP) as memory-mapped "
                                                      "shards."),
