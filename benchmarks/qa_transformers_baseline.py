@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
+from compare_common import environment, trainer_arguments
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
-    TrainingArguments,
     default_data_collator,
 )
 
@@ -137,12 +135,9 @@ def main() -> None:
     collator = default_data_collator if pad else DataCollatorWithPadding(tokenizer)
     prep_s = time.perf_counter() - t0
 
-    targs = TrainingArguments(
-        output_dir=a.output_dir, per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.eval_batch_size,
-        learning_rate=a.lr, num_train_epochs=a.epochs, warmup_steps=a.warmup_ratio, weight_decay=a.weight_decay,
-        # transformers 5 reads a float warmup_steps < 1 as a ratio (its warmup_ratio is gone)
-        lr_scheduler_type="linear", seed=a.seed, bf16=a.bf16, use_cpu=not torch.cuda.is_available(),
-        logging_steps=20, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=False)
+    targs = trainer_arguments(a.output_dir, batch_size=a.batch_size, eval_batch_size=a.eval_batch_size, lr=a.lr,
+                              epochs=a.epochs, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay, seed=a.seed,
+                              bf16=a.bf16)
     trainer = Trainer(model=model, args=targs, train_dataset=train_rows, data_collator=collator)
     t0 = time.perf_counter()
     train_out = trainer.train()
@@ -156,11 +151,7 @@ def main() -> None:
 
     result = {
         "system": "transformers-baseline",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads(),
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        **environment(),
         "settings": vars(a),
         "train_features": len(train_rows), "eval_features": len(eval_rows),
         "preprocess_seconds": prep_s, "train_seconds": train_s, "eval_seconds": eval_s,
