@@ -296,6 +296,19 @@ def test_user_csv_string_labels_become_id2label_and_serve_eval_and_predict(tiny_
     assert indices == ["q0", "q1", "q2", "q3"] and set(values) <= set(names.values())
 
 
+def test_user_files_scored_as_a_glue_task(tiny_bert, tmp_path):
+    """--task_name with your own files (no --data_dir): the task's labels and metrics (MRPC: accuracy and F1)."""
+    firsts, seconds, labels = pair_examples(12, 9)
+    rows = [[a, b, str(y)] for a, b, y in zip(firsts, seconds, labels)]
+    train = write_csv(tmp_path / "pairs.csv", ["sentence1", "sentence2", "label"], rows)
+    out = tmp_path / "run"
+    assert hone(glue_args(tiny_bert, out, "--task_name", "mrpc", "--train_file", str(train), "--validation_file",
+                          str(train), "--max_steps", "1")) == 0
+    res = results(out)
+    assert {"eval_accuracy", "eval_f1", "eval_combined_score"} <= set(res) and res["eval_samples"] == 12
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
+
+
 def test_bad_rows_error_names_file_and_line_and_skip_counts(tiny_bert, tmp_path, capsys, caplog):
     good = [[f"the film is {w} .", str(int(w in POSITIVE))] for w in POSITIVE + NEGATIVE]
     train = tmp_path / "train.tsv"

@@ -46,8 +46,8 @@ class GlueTaskError(HoneError, ValueError):
 class GlueArguments(ModelArguments):
     task_name: str | None = arg(None, "GLUE task: its release files in --data_dir, its labels and metrics.",
                                 choices=list(GLUE_TASKS), trains=True)
-    data_dir: str | None = arg(None, "GLUE release folder (holding SST-2/, MNLI/, ...) or the task's own folder "
-                                     "(default: $GLUE_DIR).")
+    data_dir: str | None = arg(None, "GLUE release folder (holding SST-2/, MNLI/, ...) or the task's own folder; "
+                                     "$GLUE_DIR when not given.")
     max_seq_length: int = arg(128, "Tokens per example; longer ones are truncated (longest_first).", trains=True)
     pad_to_max_length: bool = arg(False, "Pad every row to max_seq_length (run_glue's default): slower, same "
                                          "results; hone pads each batch to its longest row.", trains=True)
