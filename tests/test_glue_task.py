@@ -17,9 +17,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
 
 import hone as hone_pkg
+import tiny
 from hone.cli import main as hone
-from hone.models.bert import BertConfig
-from hone.models.checkpoint import build_model
 from paths import DATA, REPO
 from test_config import seed_command
 from test_glue_data import LAYOUTS, MNLI_DEV_HEADER, write_tsv
@@ -29,7 +28,7 @@ transformers = pytest.importorskip("transformers")
 POSITIVE = ["good", "great", "wonderful", "lovely", "superb", "charming"]
 NEGATIVE = ["bad", "awful", "terrible", "dull", "boring", "poor"]
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "is", "really", "quite", "a", "story", "and", "very"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", '"', ".", *POSITIVE, *NEGATIVE, *FILLER]
+WORDS = ['"', ".", *POSITIVE, *NEGATIVE, *FILLER]
 
 
 def sentence(rng, kind: str | None) -> str:
@@ -64,13 +63,7 @@ def write_split(folder, task: str, name: str, texts, labels, pairs=None, first_i
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     """A tiny random BERT checkpoint folder with a vocab.txt of the data's words."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    build_model(config).save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    return folder
+    return tiny.tiny_bert(tmp_path_factory.mktemp("tiny-bert"), [" ".join(WORDS)])
 
 
 @pytest.fixture(scope="module")
@@ -380,11 +373,11 @@ def test_real_sst2_with_minilm_for_a_few_steps(tmp_path):
     model = DATA / "models" / "all-MiniLM-L6-v2"
     out = tmp_path / "run"
     assert hone(["glue", "--model_name_or_path", str(model), "--task_name", "sst2", "--data_dir", str(DATA / "glue"),
-                 "--do_train", "--do_eval", "--max_train_samples", "64", "--max_eval_samples", "48", "--max_steps",
-                 "3", "--per_device_train_batch_size", "16", "--learning_rate", "5e-5", "--save_steps", "-1",
+                 "--do_train", "--do_eval", "--max_train_samples", "32", "--max_eval_samples", "48", "--max_steps",
+                 "2", "--per_device_train_batch_size", "16", "--learning_rate", "5e-5", "--save_steps", "-1",
                  "--hardware", "cpu", "--disable_tqdm", "--output_dir", str(out)]) == 0
     res = results(out)
-    assert res["train_samples"] == 64 and res["eval_samples"] == 48
+    assert res["train_samples"] == 32 and res["eval_samples"] == 48
     dev = [line.split("\t") for line in (DATA / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:49]]
     theirs, ours = transformers_logits(out, [s for s, _ in dev])
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
