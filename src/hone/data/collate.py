@@ -74,11 +74,12 @@ class Collator:
 
 
 def make_collator(mode: str, *, pad_token_id: int, position_offset: int = 0, max_seq_len: int | None = None,
-                  training: bool = True):
+                  training: bool = True, pad_to_max_length: bool = False):
     """The collate function of an execution mode ("padded", "unpadded", "packed"; see
     HardwareProfile.execution_mode). Padded and unpadded batches are dynamically padded (the
-    model drops the padding itself when unpadded); packed training batches put several rows in
-    one of at most max_seq_len tokens. Evaluation never packs: outputs stay in row order."""
+    model drops the padding itself when unpadded), or padded to max_seq_len with
+    pad_to_max_length; packed training batches put several rows in one of at most max_seq_len
+    tokens. Evaluation never packs: outputs stay in row order."""
     if mode == "packed" and training:
         from hone.data.packing import PackCollator
 
@@ -87,4 +88,4 @@ def make_collator(mode: str, *, pad_token_id: int, position_offset: int = 0, max
         return PackCollator(max_seq_len, pad_token_id, position_offset)
     if mode not in ("padded", "unpadded", "packed"):
         raise ValueError(f"unknown execution mode {mode!r}")
-    return Collator(pad_token_id)
+    return Collator(pad_token_id, max_seq_len if pad_to_max_length else None)

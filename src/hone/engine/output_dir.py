@@ -10,7 +10,9 @@ Rules
   training run removes all of it, checkpoints included; an evaluation-only run removes the
   earlier results and prediction files. Files hone did not write, and this run's inputs (the
   model or data it reads from that folder), are never removed.
-- A resumed run continues the run that wrote the checkpoint: its outputs are this run's.
+- A resumed run continues the run that wrote the checkpoint: its outputs are this run's. So
+  does a new attempt after a run that failed or was interrupted: what that run wrote does not
+  stand in the way (its checkpoints are resumed or refused by the training rules).
 - Every file is written whole: to a temporary name, then renamed (folders too), so a killed
   run leaves complete files or none.
 
@@ -100,15 +102,15 @@ class OutputDir:
         """
         out = cls(path, writes=writes)
         out._check_usable()
-        previous = out._previous_outputs()
-        if continuing:
+        previous, finished = out._previous_outputs()
+        if continuing or (previous and not finished and not overwrite):
             out.outputs = dict(previous)
         elif overwrite:
             if writes:
                 out._clear(previous, training=training, inputs=[Path(p).resolve() for p in inputs])
         else:
-            taken = sorted(name for name in os.listdir(out.path)
-                           if any(fnmatch.fnmatchcase(name, pattern) for pattern in planned))
+            taken = sorted(name for name in os.listdir(out.path) if name not in out.outputs and name != RECORD
+                           and any(fnmatch.fnmatchcase(name, pattern) for pattern in planned))
             if taken:
                 shown = ", ".join(taken[:6]) + (f" and {len(taken) - 6} more" if len(taken) > 6 else "")
                 resume = " --resume_from_checkpoint latest to continue its training," if training and any(
@@ -130,14 +132,16 @@ class OutputDir:
             raise OutputDirError(f"--output_dir '{self.path}' cannot be written ({e.strerror}); "
                                  "choose a folder you can write to") from None
 
-    def _previous_outputs(self) -> dict[str, str]:
-        """What earlier hone runs wrote here, from run.json (empty when there is none)."""
+    def _previous_outputs(self) -> tuple[dict[str, str], bool]:
+        """What the earlier hone run wrote here, from run.json, and whether it finished (empty
+        and True when there is no record)."""
         try:
             record = json.loads((self.path / RECORD).read_text())
             outputs = record.get("outputs", {})
-            return {str(k): str(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {}
+            outputs = {str(k): str(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {}
+            return outputs, record.get("status") == "finished"
         except (OSError, ValueError, AttributeError):
-            return {}
+            return {}, True
 
     def _clear(self, previous: dict[str, str], *, training: bool, inputs: list[Path]) -> None:
         kinds = set(KINDS) if training else {"results", "predictions"}
@@ -241,4 +245,5 @@ class OutputDir:
     def write_record(self, **fields: Any) -> None:
         """Update run.json: the run's fields and every output so far."""
         self.record.update(fields)
+        self.outputs.setdefault(RECORD, "results")
         self.write_json(RECORD, {**self.record, "outputs": self.outputs}, kind="results")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -271,6 +272,7 @@ class Trainer:
         self.save_extras = save_extras
         self.dist = distributed.init_distributed(profile)
         self.is_main = self.dist.is_main
+        self._owns_output = output is None  # no Run around it: the trainer records the run itself
         if output is None:
             output = OutputDir.open(args.output_dir, planned=TRAINING_OUTPUTS, overwrite=args.overwrite_output_dir,
                                     continuing=bool(args.resume_from_checkpoint), training=True,
@@ -302,7 +304,10 @@ class Trainer:
             raise HoneError(
                 f"dataloader_drop_last with {len(train_dataset)} samples and a total batch of "
                 f"{self.global_batch_size} leaves no step; lower the batch size or turn off dataloader_drop_last.")
-        workers = args.dataloader_num_workers
+        workers = min(args.dataloader_num_workers, len(os.sched_getaffinity(0)))
+        if workers < args.dataloader_num_workers:
+            warnings.warn(f"--dataloader_num_workers {args.dataloader_num_workers}: this machine has {workers} "
+                          f"CPU(s) for this process; using {workers} worker(s).", stacklevel=2)
         self.loader = DataLoader(
             train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn, num_workers=workers,
             pin_memory=profile.pin_memory and self.dist.device.type == "cuda",
@@ -380,6 +385,8 @@ class Trainer:
             if args.load_best_model_at_end:
                 self._load_best_model()
             self.output.write_files(self._write_model, kind="model")
+            if self._owns_output:
+                self.output.write_record(status="finished")
             if self.is_main:
                 self._plot_loss_curve()
             distributed.barrier()  # every rank returns with the output folder complete
@@ -393,6 +400,7 @@ class Trainer:
             raise RunInterrupted(f"interrupted at step {state.global_step} of {self.total_steps}; {where}") from None
         finally:
             self._close_logs()
+            self._stop_workers()
 
         steps, samples = state.global_step - start_step, state.samples_seen - start_samples
         metrics = {
@@ -406,6 +414,14 @@ class Trainer:
         if self.profile.precision == "fp16":
             metrics["train_skipped_steps"] = state.skipped_steps
         return metrics
+
+    def _stop_workers(self) -> None:
+        """Let the DataLoader's persistent worker processes go when training ends (they would
+        otherwise live until the interpreter exits)."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
 
     def _due(self, strategy: str, every: int | None, epoch_end: bool) -> bool:
         """Whether a steps/epoch strategy fires after the step just taken."""

@@ -21,7 +21,7 @@ from hone.sweep.table import build_rows, choose_metric, default_direction, forma
 log = logging.getLogger("hone")
 
 # The metric a sweep optimises when --metric is not given.
-TASK_METRICS = {"qa": "eval_best_f1", "clm": "eval_loss", "pretrain": "eval_loss"}
+TASK_METRICS = {"qa": "eval_best_f1", "glue": "eval_accuracy", "clm": "eval_loss", "pretrain": "eval_loss"}
 
 SWEEP_EPILOG = """\
 Every flag hone sweep does not know goes to every run (e.g. --model_name_or_path, --do_train);

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from hone.config import arg
-from hone.data.collate import Collator
 from hone.data.glue import GLUE_TASKS, EncodedRows, GlueData, Split, encode_split, load_glue, load_user_files
 from hone.errors import HoneError
 from hone.metrics.glue import METRICS, compute_metrics, metric_names, predictions_from_logits, submission_text
@@ -91,19 +90,13 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
         glue, a = job.task_args, job.args
         kinds = [kind for kind, phase in zip(PHASE_FILES, (a.do_train, a.do_eval, a.do_predict)) if phase]
         data = _read_data(glue, kinds, job.model_config, training=a.do_train)
+        # GPT-2 finds each row's last token by the pad id, which its checkpoints lack
+        pad = {} if job.model_config.pad_token_id is not None else {"pad_token_id": job.pad_token_id}
         model = job.load_model(ignore_mismatched_sizes=True, num_labels=data.num_labels, id2label=data.id2label,
                                label2id=data.label2id,
-                               problem_type="regression" if data.is_regression else "single_label_classification"
-                               ) if a.do_train else job.load_model()
+                               problem_type="regression" if data.is_regression else "single_label_classification",
+                               **pad) if a.do_train else job.load_model(**pad)
         names = metric_names(glue.task_name, data.is_regression)
-
-        def collator(training: bool):
-            packing = training and job.profile.execution_mode == "packed"
-            if glue.pad_to_max_length and not packing:  # every row max_seq_length long, as run_glue pads
-                return Collator(job.tokenizer.pad_token_id or 0, pad_to_multiple_of=glue.max_seq_length)
-            if glue.pad_to_max_length:
-                log.warning("notice: --pad_to_max_length: training batches are packed (the profile's pack)")
-            return job.collator(training=training)
 
         def rows(split: Split, phase: str) -> tuple[Split, EncodedRows]:
             """The split's first --max_{phase}_samples examples, and their rows."""
@@ -138,11 +131,14 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
                 metrics.update(split_metrics)
             return metrics
 
-        eval_collate = collator(training=False)
+        if glue.pad_to_max_length and a.do_train and job.profile.execution_mode == "packed":
+            log.warning("notice: --pad_to_max_length: training batches are packed (the profile's pack)")
+        eval_collate = job.collator(training=False, pad_to_max_length=glue.pad_to_max_length)
         train = rows(data.splits["train"], "train")[1] if a.do_train else None
         eval_sets = [rows(split, "eval") for split in data.of_kind("validation")]
         test_sets = [rows(split, "predict") for split in data.of_kind("test")]
-        return job.execute(model, train_dataset=train, collate_fn=collator(training=True) if a.do_train else None,
+        train_collate = job.collator(training=True, pad_to_max_length=glue.pad_to_max_length)
+        return job.execute(model, train_dataset=train, collate_fn=train_collate,
                            evaluate=evaluate,
                            predict=predict, dataset_names=[glue.data_dir] if glue.data_dir else
                            [p for p in (glue.train_file, glue.validation_file) if p])

@@ -257,12 +257,20 @@ class Run:
         count = getattr(self.args, f"max_{split}_samples")
         return items if count is None else items[:count]
 
-    def collator(self, *, training: bool):
-        """The collate function for the profile's execution mode (data.collate.make_collator)."""
-        pad = self.tokenizer.pad_token_id
-        return make_collator(self.profile.execution_mode, pad_token_id=0 if pad is None else pad,
+    def collator(self, *, training: bool, pad_to_max_length: bool = False):
+        """The collate function for the profile's execution mode (data.collate.make_collator);
+        pad_to_max_length pads every row to max_seq_length (run_qa's and run_glue's option),
+        except in packed training batches."""
+        return make_collator(self.profile.execution_mode, pad_token_id=self.pad_token_id,
                              position_offset=self.model_config.position_offset,
-                             max_seq_len=self.task_args.max_seq_length, training=training)
+                             max_seq_len=self.task_args.max_seq_length, training=training,
+                             pad_to_max_length=pad_to_max_length)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id batches are padded with: the tokenizer's pad token, else its end of text (GPT-2)."""
+        tokenizer = self.tokenizer
+        return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
 
     def predict_batches(self, model, dataset, collate_fn: Callable):
         """The model's outputs on `dataset`, batch by batch on the host (engine.trainer.predict)."""
