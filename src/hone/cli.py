@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
     "glue": ("hone.tasks.glue", "Fine-tune / evaluate text classification and regression (GLUE or your files)."),
     "squad-eval": ("hone.tasks.squad_eval", "Official SQuAD v1.1/v2.0 evaluation of a predictions file."),
+    "pretrain": ("hone.tasks.pretrain", "Pre-train BERT (MLM + NSP) or a masked LM, from scratch or a checkpoint."),
     "prepare-pretraining": ("hone.data.pretraining", "Prepare BERT pre-training data (MLM + NSP) as memory-mapped "
                                                      "shards."),
     "export": ("hone.export.onnx", "Export a model to ONNX (optimised, fp16, int8), validated against PyTorch."),
