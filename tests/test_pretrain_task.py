@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from hone.data import masking
 from hone.data.collate import pad_collate
 from hone.data.pretraining import prepare_pretraining
 from hone.data.shards import PretrainingDataset, train_eval_split
+from hone.data.tokenizer import load_tokenizer
 from hone.errors import HoneError
 from hone.models.checkpoint import build_model, load_model
 from hone.tasks import pretrain
@@ -168,6 +170,28 @@ def test_mlm_only_from_raw_text_masks_every_epoch_afresh(corpus, tmp_path, monke
     assert_loads_in_transformers(out, "AutoModelForMaskedLM")
 
 
+def test_prepared_mlm_blocks_keep_their_recorded_masking_unless_a_flag_says_otherwise(corpus, tmp_path):
+    prepare_pretraining(["--input", str(corpus / "corpus.txt"), "--tokenizer", str(corpus / "vocab"), "--output",
+                         str(tmp_path / "blocks"), "--objective", "mlm", "--max_seq_length", "32", "--whole_word_mask",
+                         "--masked_lm_prob", "0.2", "--documents_per_shard", "20"])
+    data = PretrainingDataset.open(tmp_path / "blocks")
+    job = SimpleNamespace(tokenizer=load_tokenizer(tmp_path / "blocks" / "tokenizer"),
+                          task_args=SimpleNamespace(mlm_probability=None, masking_policy=None, whole_word_mask=None))
+    recorded = pretrain.masker_for(job, data)
+    assert (recorded.policy, recorded.masked_lm_prob, recorded.whole_word_mask) == ("per_token", 0.2, True)
+    job.task_args = SimpleNamespace(mlm_probability=0.3, masking_policy="fixed_count", whole_word_mask=False)
+    flagged = pretrain.masker_for(job, data)
+    assert (flagged.policy, flagged.masked_lm_prob, flagged.whole_word_mask) == ("fixed_count", 0.3, False)
+    assert flagged.max_predictions_per_seq is None
+    out = tmp_path / "out"
+    metrics = pretrain.run(["--config_name", str(corpus / "config"), "--train_file", str(tmp_path / "blocks"),
+                            "--max_seq_length", "32", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                            "--do_eval", "--validation_split_percentage", "30", *common(out)])
+    held_out = PretrainingDataset.open(tmp_path / "blocks", ["shard-00002"])  # 60 documents, 20 per shard
+    assert metrics["eval_samples"] == len(held_out) and "eval_nsp_loss" not in metrics
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+
+
 # ----------------------------------------------------------------------------- parity with transformers
 
 def test_first_step_and_evaluation_equal_transformers(corpus, tmp_path):
@@ -254,7 +278,7 @@ def test_seed_001_phase_1_and_2_command_lines_run(corpus, tmp_path, caplog):
     assert second["train_samples"] == len(PretrainingDataset.open(corpus / "p64"))
     notices = "\n".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("notice:"))
     for flag in ("--ipu_config_name", "--is_already_preprocessed", "--dataloader_mode", "--loss_scaling",
-                 "tokenizer bert-base-uncased is not a folder"):
+                 "--tokenizer_name bert-base-uncased is not a folder"):
         assert flag in notices
     record = json.loads((out2 / "run.json").read_text())
     assert record["settings"]["lamb_no_bias_correction"] and record["total_train_batch_size"] == 8

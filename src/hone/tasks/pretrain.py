@@ -52,6 +52,8 @@ class PretrainDataError(HoneError, ValueError):
 
 @dataclass
 class PretrainArguments(ModelArguments):
+    tokenizer_name: str | None = arg(None, "Tokenizer folder (default: the prepared data's, else the model folder).",
+                                     trains=True)
     train_file: str | None = arg(None, "A folder written by hone prepare-pretraining (MLM + NSP, or MLM) or a raw "
                                        "text file (MLM on full-sentence blocks).", trains=True)
     validation_file: str | None = arg(None, "Held-out data of the same kind (default: held out of --train_file).")
@@ -73,8 +75,9 @@ class PretrainArguments(ModelArguments):
 
     def __post_init__(self) -> None:
         """Seed command lines name their data --dataset_name: a local path there is the training
-        data. Evaluation defaults to data held out of it. Their --tokenizer_name is a hub name:
-        the tokenizer the data was prepared with (its ids are in the shards) stands in."""
+        data. Evaluation defaults to data held out of it. The tokenizer of prepared data is the one
+        it was prepared with (its ids are in the shards), unless --tokenizer_name is a folder (seed
+        lines give a hub name there)."""
         if self.dataset_name and not self.train_file and Path(self.dataset_name).exists():
             self.train_file, self.dataset_name = self.dataset_name, None
         if self.train_file and not self.validation_file:
@@ -82,11 +85,12 @@ class PretrainArguments(ModelArguments):
         if not 0 < self.validation_split_percentage < 100:
             raise ValueError("--validation_split_percentage must be in (0, 100), got "
                              f"{self.validation_split_percentage}")
-        source = self.tokenizer_name or self.model_name_or_path or self.config_name
         prepared = next((Path(p) / "tokenizer" for p in (self.train_file, self.validation_file)
                          if p and (Path(p) / "tokenizer").is_dir()), None)
-        if source and not Path(source).is_dir() and prepared:
-            log.warning("notice: tokenizer %s is not a folder: using %s, the data's tokenizer", source, prepared)
+        if prepared and not (self.tokenizer_name and Path(self.tokenizer_name).is_dir()):
+            if self.tokenizer_name:
+                log.warning("notice: --tokenizer_name %s is not a folder: using %s, the data's tokenizer",
+                            self.tokenizer_name, prepared)
             self.tokenizer_name = str(prepared)
 
 
