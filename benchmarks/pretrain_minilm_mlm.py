@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from pretrain_two_phase import DATA, REPO, falls, plot, read_log, results, run_hone
-
-from hone.reporting import machine_info, versions
+from compare_common import RESULTS, environment, write_result
+from pretrain_two_phase import DATA, falls, plot, read_log, results, run_hone
 
 TINY = dict(text_chars=40_000, steps=4, batch=4, eval_every=2, eval_samples=16)
 
@@ -47,7 +45,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--eval_every", type=int, default=50)
     p.add_argument("--eval_samples", type=int, default=500)
     p.add_argument("--hardware", default="cpu")
-    p.add_argument("--threads", type=int, help="torch threads (hardware override cpu_threads).")
+    p.add_argument("--threads", type=int, help="torch/OpenMP threads.")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--tiny", action="store_true", help="Tiny sizes (overriding the flags) to check the path.")
     p.add_argument("--out", help="JSON report (default benchmarks/results/pretrain-minilm-mlm-<hardware>-<date>.json).")
@@ -56,7 +54,7 @@ def main(argv: list[str]) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"pretrain-minilm-mlm-{args.hardware}-{date}.json")
+    out = Path(args.out or RESULTS / f"pretrain-minilm-mlm-{args.hardware}-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     texts = {"train": Path(args.wikitext) / "wiki.valid.raw", "held_out": Path(args.wikitext) / "wiki.test.raw"}
     if size["text_chars"]:
@@ -67,16 +65,15 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     common = ["--model_name_or_path", args.model, "--validation_file", texts["held_out"], "--do_eval",
               "--max_seq_length", size["max_seq_length"], "--max_eval_samples", size["eval_samples"],
-              "--per_device_eval_batch_size", "32", "--seed", args.seed, "--hardware", args.hardware,
-              *(["--hardware_overrides", f"cpu_threads={args.threads}"] if args.threads else []), "--disable_tqdm",
+              "--per_device_eval_batch_size", "32", "--seed", args.seed, "--hardware", args.hardware, "--disable_tqdm",
               "--overwrite_output_dir"]
-    steps = {"before": run_hone(["pretrain", *common, "--output_dir", work / "before"], work, "before")}
+    steps = {"before": run_hone(["pretrain", *common, "--output_dir", work / "before"], work, "before", args.threads)}
     steps["train"] = run_hone(
         ["pretrain", *common, "--train_file", texts["train"], "--do_train", "--max_steps", size["steps"],
          "--per_device_train_batch_size", size["batch"], "--gradient_accumulation_steps", size["accumulation"],
          "--learning_rate", size["lr"], "--warmup_ratio", size["warmup_ratio"], "--weight_decay", "0.01",
          "--eval_steps", size["eval_every"], "--logging_steps", max(1, size["eval_every"] // 5), "--save_strategy",
-         "no", "--output_dir", work / "train"], work, "train")
+         "no", "--output_dir", work / "train"], work, "train", args.threads)
 
     before, final = results(work / "before"), results(work / "train")
     training, evals = read_log(work / "train")
@@ -90,7 +87,7 @@ def main(argv: list[str]) -> int:
         "benchmark": "hone pretrain: continued MLM of all-MiniLM-L6-v2 (MLM head added) on raw WikiText-2",
         "command": shlex.join(["python", "benchmarks/pretrain_minilm_mlm.py", *argv]), "date": date,
         "provisional": "timings on a shared 2-core CPU; the learning results do not depend on it",
-        "machine": machine_info(), "versions": versions(), "settings": size, "steps": steps,
+        **environment(), "settings": size, "steps": steps,
         "eval_curve": curve, "train_loss_curve": {"step": [r["step"] for r in training],
                                                   "loss": [r["loss"] for r in training]},
         "train_metrics": {k: v for k, v in final.items() if k.startswith("train")},
@@ -98,7 +95,7 @@ def main(argv: list[str]) -> int:
                   "train_loss": falls([r["loss"] for r in training])},
         "plot": figure.name, "wall_time_s": round(time.perf_counter() - started, 1),
     }
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_result(report, out)
     print(f"held-out MLM loss {curve['eval_mlm_loss'][0]:.3f} (new head) -> {curve['eval_mlm_loss'][-1]:.3f}, accuracy "
           f"{curve['eval_mlm_accuracy'][0]:.3f} -> {curve['eval_mlm_accuracy'][-1]:.3f} after {size['steps']} steps; "
           f"written to {out} and {figure}")

@@ -27,17 +27,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from hone.reporting import machine_info, versions
+from compare_common import HERE, RESULTS, environment, finish, start, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from hone.cli import SUBCOMMANDS
+
+DATA = HERE.parent.parent / "shared" / "data"
 # --tiny: every step on a sliver of the data, to check the path (not a result)
 TINY = dict(text_chars=60_000, dupe_factor=1, phase1_steps=6, phase1_batch=8, phase1_accumulation=2, phase2_steps=4,
             phase2_batch=2, phase2_accumulation=2, phase1_eval_every=3, phase2_eval_every=2, eval_samples=64,
@@ -45,24 +44,12 @@ TINY = dict(text_chars=60_000, dupe_factor=1, phase1_steps=6, phase1_batch=8, ph
             intermediate=128)
 
 
-def hone(args: list, log_file: Path) -> tuple[int, float, list[str]]:
-    """Run `python -m hone ARGS` (this checkout's hone), output to log_file: (exit status, seconds, argv)."""
+def run_hone(args: list, work: Path, name: str, threads: int | None) -> dict:
+    """`python -m hone ARGS` (this checkout's hone), its output in work/NAME.log: the command and
+    its wall time; stops the script when it fails."""
     argv = [sys.executable, "-m", "hone", *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    print(f"$ python {shlex.join(argv[1:])}", flush=True)
-    started = time.perf_counter()
-    with log_file.open("w") as log:
-        status = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    return status, round(time.perf_counter() - started, 1), ["python", *argv[1:]]
-
-
-def run_hone(args: list, work: Path, name: str) -> dict:
-    """A hone step that must succeed: its command, wall time and log file."""
-    status, seconds, argv = hone(args, work / f"{name}.log")
-    if status != 0:
-        sys.exit(f"{name} failed (exit {status}); see {work / f'{name}.log'}:\n"
-                 + "".join((work / f"{name}.log").read_text().splitlines(keepends=True)[-15:]))
-    return {"command": shlex.join(argv), "wall_time_s": seconds}
+    seconds = finish(start(argv, work / f"{name}.log", threads), name)
+    return {"command": shlex.join(["python", *argv[1:]]), "wall_time_s": round(seconds, 1)}
 
 
 def read_log(folder: Path) -> tuple[list[dict], list[dict]]:
@@ -101,23 +88,18 @@ def plot(curves: dict[str, dict[str, list]], keys: dict[str, str], file: Path, t
     fig.savefig(file, dpi=100)
 
 
-def glue(args: argparse.Namespace, work: Path, start: list, name: str, size: dict) -> dict:
-    """`hone glue` SST-2 on a subset, from `start` (--model_name_or_path or --config_name ...)."""
+def glue(args: argparse.Namespace, work: Path, model: list, name: str, size: dict) -> dict:
+    """`hone glue` SST-2 on a subset, from `model` (--model_name_or_path or --config_name ...)."""
     out = work / name
-    status, seconds, argv = hone(
-        ["glue", *start, "--task_name", "sst2", "--data_dir", args.glue_dir, "--do_train", "--do_eval",
+    step = run_hone(
+        ["glue", *model, "--task_name", "sst2", "--data_dir", args.glue_dir, "--do_train", "--do_eval",
          "--max_seq_length", "128", "--max_train_samples", size["glue_train_samples"], "--max_eval_samples",
          size["glue_eval_samples"], "--num_train_epochs", size["glue_epochs"], "--learning_rate", args.glue_lr,
          "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--warmup_ratio", "0.1",
          "--weight_decay", "0.01", "--seed", args.seed, "--save_strategy", "no", "--logging_steps", "20",
-         "--hardware", args.hardware, *args.hardware_flags, "--disable_tqdm", "--output_dir", out,
-         "--overwrite_output_dir"], work / f"{name}.log")
-    if status != 0:
-        text = (work / f"{name}.log").read_text()
-        if "unknown command 'glue'" in text:
-            return {"skipped": "`hone glue` does not exist in this checkout yet (branch glue2); rerun once merged"}
-        sys.exit(f"{name} failed (exit {status}); see {work / f'{name}.log'}")
-    return {"command": shlex.join(argv), "wall_time_s": seconds, "metrics": results(out)}
+         "--hardware", args.hardware, "--disable_tqdm", "--output_dir", out, "--overwrite_output_dir"],
+        work, name, args.threads)
+    return {**step, "metrics": results(out)}
 
 
 def main(argv: list[str]) -> int:
@@ -151,18 +133,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--glue_lr", type=float, default=1e-4)
     p.add_argument("--skip_glue", action="store_true")
     p.add_argument("--hardware", default="cpu")
-    p.add_argument("--threads", type=int, help="torch threads per process (hardware override cpu_threads).")
+    p.add_argument("--threads", type=int, help="torch/OpenMP threads per process.")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--tiny", action="store_true", help="Tiny sizes (overriding the flags) to check the path.")
     p.add_argument("--out", help="JSON report (default benchmarks/results/pretrain-two-phase-<hardware>-<date>.json); "
                                  "the plot goes beside it.")
     args = p.parse_args(argv)
     size = {**vars(args), **(TINY if args.tiny else {})}
-    args.hardware_flags = ["--hardware_overrides", f"cpu_threads={args.threads}"] if args.threads else []
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().isoformat()
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"pretrain-two-phase-{args.hardware}-{date}.json")
+    out = Path(args.out or RESULTS / f"pretrain-two-phase-{args.hardware}-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
@@ -180,7 +161,7 @@ def main(argv: list[str]) -> int:
                 ["prepare-pretraining", "--input", path, "--tokenizer", args.tokenizer, "--output",
                  work / f"{split}-{length}", "--max_seq_length", length, "--max_predictions_per_seq", targets,
                  "--dupe_factor", size["dupe_factor"] if split == "train" else 1, "--seed", args.seed, "--overwrite"],
-                work, f"prepare-{split}-{length}")
+                work, f"prepare-{split}-{length}", args.threads)
     data = {name: json.loads((work / name / "manifest.json").read_text())["statistics"]
             for name in ("train-128", "held_out-128", "train-512", "held_out-512")}
 
@@ -188,12 +169,12 @@ def main(argv: list[str]) -> int:
     model = (f"num_hidden_layers={size['layers']},hidden_size={size['hidden']},num_attention_heads={size['heads']},"
              f"intermediate_size={size['intermediate']}")
     phases = {}
-    for phase, length, start in ((1, 128, ["--config_name", "bert-base-uncased", "--config_overrides", model,
-                                           "--tokenizer_name", args.tokenizer]),
-                                 (2, 512, ["--model_name_or_path", work / "phase1"])):
+    for phase, length, origin in ((1, 128, ["--config_name", "bert-base-uncased", "--config_overrides", model,
+                                            "--tokenizer_name", args.tokenizer]),
+                                  (2, 512, ["--model_name_or_path", work / "phase1"])):
         n = f"phase{phase}"
         steps[n] = run_hone(
-            ["pretrain", *start, "--train_file", work / f"train-{length}", "--validation_file",
+            ["pretrain", *origin, "--train_file", work / f"train-{length}", "--validation_file",
              work / f"held_out-{length}", "--do_train", "--do_eval", "--max_seq_length", length, "--lamb",
              "--lamb_no_bias_correction", "--learning_rate", size[f"{n}_lr"], "--weight_decay", "0.01",
              "--lr_scheduler_type", "linear", "--warmup_ratio", size[f"{n}_warmup_ratio"], "--max_steps",
@@ -201,8 +182,7 @@ def main(argv: list[str]) -> int:
              "--gradient_accumulation_steps", size[f"{n}_accumulation"], "--eval_steps", size[f"{n}_eval_every"],
              "--max_eval_samples", size["eval_samples"], "--per_device_eval_batch_size", "32", "--logging_steps",
              max(1, size[f"{n}_eval_every"] // 5), "--save_strategy", "no", "--seed", args.seed, "--hardware",
-             args.hardware, *args.hardware_flags, "--disable_tqdm", "--output_dir", work / n, "--overwrite_output_dir"],
-            work, n)
+             args.hardware, "--disable_tqdm", "--output_dir", work / n, "--overwrite_output_dir"], work, n, args.threads)
         training, evals = read_log(work / n)
         final = results(work / n)  # the evaluation after the last step
         evals = list({r["step"]: r for r in [*evals, {"step": size[f"{n}_steps"], **final}]}.values())
@@ -229,34 +209,36 @@ def main(argv: list[str]) -> int:
 
     # 3. SST-2 from phase 2's weights and from random ones
     fine_tuning = {}
-    if not args.skip_glue:
+    if "glue" not in SUBCOMMANDS:
+        fine_tuning["skipped"] = "`hone glue` does not exist in this checkout yet; rerun once it is merged"
+        print(f"SST-2 skipped: {fine_tuning['skipped']}")
+    elif not args.skip_glue:
         fine_tuning["pretrained"] = glue(args, work, ["--model_name_or_path", work / "phase2"], "sst2-pretrained",
                                          size)
-        if "skipped" not in fine_tuning["pretrained"]:
-            fine_tuning["random"] = glue(args, work, ["--config_name", work / "phase2", "--tokenizer_name",
-                                                      work / "phase2"], "sst2-random", size)
-            accuracy = {k: v["metrics"].get("eval_accuracy") for k, v in fine_tuning.items()}
-            fine_tuning["accuracy_gain"] = accuracy["pretrained"] - accuracy["random"]
-            fine_tuning["pretraining_helps"] = fine_tuning["accuracy_gain"] > 0
-            print(f"SST-2 accuracy: {accuracy['pretrained']:.4f} from phase 2, {accuracy['random']:.4f} from random "
-                  f"weights (gain {fine_tuning['accuracy_gain']:+.4f})")
-        else:
-            print(f"SST-2 skipped: {fine_tuning['pretrained']['skipped']}")
+        fine_tuning["random"] = glue(args, work, ["--config_name", work / "phase2", "--tokenizer_name",
+                                                  work / "phase2"], "sst2-random", size)
+        accuracy = {k: v["metrics"]["eval_accuracy"] for k, v in fine_tuning.items()}
+        fine_tuning["accuracy_gain"] = accuracy["pretrained"] - accuracy["random"]
+        fine_tuning["pretraining_helps"] = fine_tuning["accuracy_gain"] > 0
 
     report = {
         "benchmark": "hone pretrain: two-phase BERT pre-training on WikiText-2, then SST-2 against random weights",
         "command": shlex.join(["python", "benchmarks/pretrain_two_phase.py", *argv]), "date": date,
         "provisional": "timings on a shared 2-core CPU; the learning results do not depend on it",
-        "machine": machine_info(), "versions": versions(), "settings": size, "data": data, "steps": steps,
+        **environment(), "settings": size, "data": data, "steps": steps,
         "phases": phases, "sst2": fine_tuning, "plot": figure.name,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_result(report, out)
     for name, phase in phases.items():
         print(f"{name}: held-out MLM loss {phase['eval_curve']['eval_mlm_loss'][0]:.3f} -> "
               f"{phase['eval_curve']['eval_mlm_loss'][-1]:.3f}, NSP loss {phase['eval_curve']['eval_nsp_loss'][0]:.3f}"
               f" -> {phase['eval_curve']['eval_nsp_loss'][-1]:.3f} ({steps[name]['wall_time_s']:.0f} s)")
-    print(f"written to {out} and {figure}")
+    if "accuracy_gain" in fine_tuning:
+        print(f"SST-2 accuracy: {fine_tuning['pretrained']['metrics']['eval_accuracy']:.4f} from phase 2, "
+              f"{fine_tuning['random']['metrics']['eval_accuracy']:.4f} from random weights "
+              f"(gain {fine_tuning['accuracy_gain']:+.4f})")
+    print(f"plot: {figure}")
     return 0
 
 

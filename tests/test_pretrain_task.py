@@ -27,8 +27,9 @@ from hone.data.pretraining import prepare_pretraining
 from hone.data.shards import PretrainingDataset, train_eval_split
 from hone.data.tokenizer import load_tokenizer
 from hone.errors import HoneError
-from hone.models.checkpoint import build_model, load_model
+from hone.models.checkpoint import build_model
 from hone.tasks import pretrain
+from paths import REPO
 from test_config import seed_command
 
 transformers = pytest.importorskip("transformers")
@@ -38,7 +39,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *(w for topic in TOP
 TINY = dict(model_type="bert", vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=128)
 NO_DROPOUT = "hidden_dropout_prob=0.0,attention_probs_dropout_prob=0.0"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +257,8 @@ def test_data_and_settings_that_do_not_fit_fail_in_one_line(corpus, tmp_path):
 @pytest.mark.slow
 def test_seed_001_phase_1_and_2_command_lines_run(corpus, tmp_path, caplog):
     """Seed 001's run_pretraining.py lines as written, the data paths replaced and tiny sizes
-    appended (later flags win); phase 2 continues from phase 1's folder; run_glue's SST-2 step
-    can take phase 2's output as a sequence classifier."""
+    appended (later flags win); phase 2 continues from phase 1's folder; the seed's run_glue.py
+    SST-2 line runs as written from phase 2's output."""
     phase1, phase2 = seed_command("001", "run_pretraining.py"), seed_command("001", "Phase 2: ``` python "
                                                                                     "examples/language-modeling/"
                                                                                     "run_pretraining.py")
@@ -285,8 +286,22 @@ def test_seed_001_phase_1_and_2_command_lines_run(corpus, tmp_path, caplog):
     config = json.loads((out2 / "config.json").read_text())
     assert config["layer_norm_eps"] == 0.001 and config["vocab_size"] == 30522  # bert-base-uncased, shrunk
     assert_loads_in_transformers(out2, "AutoModelForSequenceClassification", "AutoTokenizer")
-    classifier = load_model(out2, task="classification", num_labels=2)
-    assert classifier(input_ids=torch.tensor([[2, 6, 7, 3]])).logits.shape == (1, 2)
+
+    # the seed's run_glue.py line as written, from phase 2's folder (SST-2 files of the corpus' words)
+    glue_dir = tmp_path / "glue" / "SST-2"
+    glue_dir.mkdir(parents=True)
+    g = np.random.default_rng(2)
+    for split, count in (("train", 64), ("dev", 16)):
+        labels = g.integers(0, 2, count)
+        lines = [" ".join(g.choice(TOPICS[label], 6)) + f"\t{label}" for label in labels]
+        (glue_dir / f"{split}.tsv").write_text("\n".join(["sentence\tlabel", *lines]) + "\n", encoding="utf-8")
+    argv = [str(out2) if a == "bert-base-uncased" else str(tmp_path / "sst2") if a == "/tmp/sst2" else a
+            for a in seed_command("001", "run_glue.py")]
+    proc = subprocess.run([sys.executable, "-m", "hone", "glue", *argv], capture_output=True, text=True,
+                          timeout=600, env={**ENV, "GLUE_DIR": str(glue_dir.parent)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sst2 = json.loads((tmp_path / "sst2" / "all_results.json").read_text())
+    assert sst2["train_samples"] == 64 and 0 <= sst2["eval_accuracy"] <= 1
 
 
 # ----------------------------------------------------------------------------- data parallel
