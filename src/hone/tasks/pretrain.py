@@ -120,11 +120,12 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
             collate = job.collator(training=training)
             return collate if masker is None else MaskingCollator(masker, collate, seed=a.seed)
 
-        eval_data = _first(held_out, a.max_eval_samples)
+        eval_data = held_out if held_out is None else job.limit(held_out, "eval")
         nsp_labels = (np.array([row["next_sentence_label"] for row in eval_data])
                       if eval_data is not None and objective == "mlm_nsp" else None)
         metrics = job.execute(
-            model, train_dataset=_first(train, a.max_train_samples), collate_fn=collator(training=True),
+            model, train_dataset=train if train is None else job.limit(train, "train"),
+            collate_fn=collator(training=True),
             evaluate=lambda m: evaluate(job, m, eval_data, collator(training=False), nsp_labels),
             dataset_names=list(dict.fromkeys(p for p in (t.train_file, t.validation_file) if p)))
         if a.do_train and a.do_eval and job.output.writes:
@@ -235,11 +236,6 @@ def plot_losses(job: Run, final: dict) -> None:
 
 def _root(data) -> PretrainingDataset:
     return data.dataset if isinstance(data, Subset) else data
-
-
-def _first(data, count: int | None):
-    """The first `count` items (--max_*_samples), all when None."""
-    return data if data is None or count is None or count >= len(data) else Subset(data, range(count))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import yaml
+from torch.utils.data import Subset
 
 from hone import reporting
 from hone.config import TrainingArguments, arg, effective_batch_sizes, format_effective_config, parse_args
@@ -253,9 +254,12 @@ class Run:
         return build_model(t.config_name, task=self.recipe.model_task, **overrides)
 
     def limit(self, items: Sequence[T], split: str) -> Sequence[T]:
-        """The first --max_{split}_samples items (split: train, eval or predict)."""
+        """The first --max_{split}_samples items (split: train, eval or predict); a dataset that
+        cannot be sliced comes back as a Subset."""
         count = getattr(self.args, f"max_{split}_samples")
-        return items if count is None else items[:count]
+        if count is None or count >= len(items):
+            return items
+        return items[:count] if isinstance(items, (list, tuple)) else Subset(items, range(count))
 
     def collator(self, *, training: bool, pad_to_max_length: bool = False):
         """The collate function for the profile's execution mode (data.collate.make_collator);
@@ -319,7 +323,7 @@ class Run:
                  for name, key in r.index_metrics.items() if eval_metrics and key in eval_metrics]
         reporting.write_model_card(
             self.output, model_name=self.args.run_name or Path(self.args.output_dir).name,
-            base_model=t.model_name_or_path or t.config_name, task_name=r.task_title, task_type=r.task_type,
+            base_model=t.model_name_or_path, task_name=r.task_title, task_type=r.task_type,
             dataset_names=[Path(d).name for d in dataset_names], command_line=self.command,
             hyperparameters=reporting.hyperparameters_for_card(self.args, self.profile, self.dist.world_size),
             train_metrics=results.get("train"), eval_metrics=eval_metrics, index_results=index)
