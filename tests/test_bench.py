@@ -331,3 +331,17 @@ def test_pretraining_on_prepared_shards_same_losses(tmp_path, tiny_dir):
     assert r["data"]["baseline_padding"] == "longest" and hone["padding_share"] == 0
     np.testing.assert_allclose(hone["losses"], base["losses"], rtol=1e-4)
     assert hone["losses"][0] != hone["losses"][-1]
+
+
+def test_baseline_padding_to_the_longest_row(tmp_path, tiny_dir, sst_file):
+    """run_glue without --pad_to_max_length pads each batch to its longest row: the baseline's
+    padding share falls, and the losses still agree."""
+    padded = bench(tmp_path, "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+                   "--seq_len", "64", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--dropout", "0")
+    longest = bench(tmp_path, "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
+                    "--seq_len", "64", "--batch_size", "4", "--steps", "2", "--warmup", "1", "--dropout", "0",
+                    "--baseline_padding", "longest")
+    assert longest["systems"]["transformers"]["mode"] == "padding=longest"
+    assert longest["data"]["baseline_padding_share"] < padded["data"]["baseline_padding_share"]
+    np.testing.assert_allclose(longest["systems"]["transformers"]["losses"],
+                               longest["systems"]["hone"]["losses"], rtol=1e-4)

@@ -426,6 +426,11 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
     tokenizer = load_tokenizer(tokenizer_path)
     check_fit(config, tokenizer, args.max_seq_length, tokenizer_path)
     data = load_data(args.task, Path(args.data), tokenizer, args)
+    if args.baseline_padding is not None:  # e.g. run_glue with --pad_to_max_length False: "longest"
+        if data.baseline_padding == "do_not_pad":
+            raise BenchError(f"--baseline_padding: --task {args.task}'s rows are blocks of one length; "
+                             "there is no padding to choose")
+        data = replace(data, baseline_padding=args.baseline_padding)
 
     overrides = {}
     if args.dropout is not None:
@@ -553,6 +558,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--systems", default="hone,transformers", help="Which systems, in run order.")
     p.add_argument("--mode", choices=MODES, help="hone's execution mode (default: the profile's).")
     p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
+    p.add_argument("--baseline_padding", choices=["max_length", "longest"],
+                   help="How the baseline pads its batches: to --max_seq_length, or to each batch's longest row "
+                        "(default: the task's example script: max_length for qa and glue, longest for mlm).")
     p.add_argument("--learning_rate", "--lr", type=float, default=5e-5, help="AdamW learning rate (both).")
     p.add_argument("--dropout", type=float, help="Set every dropout of the model (default: its config's).")
     p.add_argument("--seed", type=int, default=42, help="Sample order, fresh weights, masking.")
