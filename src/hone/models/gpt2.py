@@ -7,12 +7,18 @@ map undoes on load and redoes on save.
 Packed batches (`cu_seqlens`) and `set_unpadded(True)` work as for BERT (see bert.py):
 attention is causal within each sequence, the LM loss never predicts across a sequence
 boundary, and classification pools each sequence's last token.
+
+Generation passes a `KVCache` (hone.models.generation) as `past_key_values`: each layer
+appends this call's keys and values to it and attends over all of them, so a step feeds
+only the new tokens. Cached calls take padded batches (left padding, with the mask of
+every position so far).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,8 +34,12 @@ from hone.models.base import (
     sequence_classification_output,
     token_prediction_loss,
 )
+from hone.models.losses import linear_cross_entropy
 from hone.models.outputs import ModelOutput
-from hone.models.padding import AttentionLayout, attention
+from hone.models.padding import AttentionLayout, LayoutError, attention
+
+if TYPE_CHECKING:
+    from hone.models.generation import KVCache
 
 
 @dataclass
@@ -88,6 +98,7 @@ class GPT2Attention(nn.Module):
     def __init__(self, config: GPT2Config, layer_idx: int):
         super().__init__()
         h = config.n_embd
+        self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.attn_pdrop = config.attn_pdrop
         self.scale = (h // config.n_head) ** -0.5 if config.scale_attn_weights else 1.0
@@ -97,8 +108,10 @@ class GPT2Attention(nn.Module):
         self.c_proj = nn.Linear(h, h)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: AttentionLayout, cache: KVCache | None = None) -> torch.Tensor:
         q, k, v = self.c_attn(x).unflatten(-1, (3, self.n_head, -1)).unbind(-3)  # (*tokens, H, D)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, past + T, H, D)
         dropout_p = self.attn_pdrop if self.training else 0.0
         a = attention(q, k, v, layout, dropout_p=dropout_p, scale=self.scale).flatten(-2)
         return self.resid_dropout(self.c_proj(a))
@@ -127,8 +140,8 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = GPT2MLP(config)
 
-    def forward(self, x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), layout)
+    def forward(self, x: torch.Tensor, layout: AttentionLayout, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layout, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -187,15 +200,53 @@ class GPT2Model(PreTrainedModule):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
     ) -> tuple[torch.Tensor, AttentionLayout]:
         """Hidden states after ln_f (*tokens, C) of the tokens the layers ran on, and their layout."""
-        layout, input_ids, token_type_ids, position_ids = self.prepare_inputs(
-            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens
-        )
+        if past_key_values is None:
+            layout, input_ids, token_type_ids, position_ids = self.prepare_inputs(
+                input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens
+            )
+        else:
+            layout, position_ids = self.cached_layout(input_ids, attention_mask, position_ids, cu_seqlens,
+                                                      past_key_values.length)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (*tokens, C)
         if token_type_ids is not None:  # transformers embeds token types with wte
             x = x + self.wte(token_type_ids)
-        return self.ln_f(self.run_layers(self.drop(x), layout)), layout
+        x = self.drop(x)
+        if past_key_values is None:
+            x = self.run_layers(x, layout)
+        else:
+            for layer in self.h:
+                x = layer(x, layout, past_key_values)
+            past_key_values.advance(input_ids.shape[1])
+        return self.ln_f(x), layout
+
+    def cached_layout(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cu_seqlens: torch.Tensor | None,
+        past_length: int,
+    ) -> tuple[AttentionLayout, torch.Tensor]:
+        """Padded layout and positions of (B, T) new tokens after `past_length` cached ones;
+        attention_mask (B, past_length + T) covers the cached positions too (None: all real)."""
+        if cu_seqlens is not None:
+            raise LayoutError("a KV cache takes padded batches (left padding), not packed ones")
+        B, T = input_ids.shape
+        check_length(past_length + T, self.config.n_positions)
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past_length + T, dtype=torch.long, device=input_ids.device)
+        elif attention_mask.shape != (B, past_length + T):
+            raise LayoutError(
+                f"with {past_length} cached positions, attention_mask must be (batch, {past_length + T}) "
+                f"covering the cached and the new tokens, got {tuple(attention_mask.shape)}"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + T, device=input_ids.device)
+        layout = AttentionLayout.from_attention_mask(attention_mask, causal=True, past_length=past_length)
+        return layout, position_ids.expand_as(input_ids)
 
     def forward(
         self,
@@ -205,13 +256,25 @@ class GPT2Model(PreTrainedModule):
         position_ids: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
     ) -> ModelOutput:
-        x, layout = self.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
-        return ModelOutput(last_hidden_state=layout.restore_padding(x))  # (B, T, C)
+        x, layout = self.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, past_key_values)
+        out = ModelOutput(last_hidden_state=layout.restore_padding(x))  # (B, T, C)
+        if past_key_values is not None:
+            out.past_key_values = past_key_values
+        return out
 
 
 class GPT2LMHeadModel(PreTrainedModule):
-    """Causal LM: logits (B, T, vocab) from the tied embedding; loss on shifted labels, -100 ignored."""
+    """Causal LM: logits (B, T, vocab) from the tied embedding; loss on shifted labels, -100 ignored.
+
+    With labels, the loss comes from `linear_cross_entropy` (no (tokens, vocab) logits in
+    either pass) and the logits are deferred: `out.logits` computes them when read, so a
+    training step that reads only `out.loss` never projects onto the vocabulary twice.
+    `return_logits=True` computes them up front (the loss then comes from them, as in
+    transformers), False leaves them out. `logits_to_keep` (transformers' meaning): only the
+    last that many positions' logits (0: all), e.g. the next-token logits in generation.
+    """
 
     hf_suffix = "LMHeadModel"
 
@@ -222,6 +285,11 @@ class GPT2LMHeadModel(PreTrainedModule):
         if self.lm_head is not None:
             self.init_weights(self.lm_head)
 
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """(V, C) the vocabulary projection: the tied embedding or lm_head."""
+        return self.backbone.wte.weight if self.lm_head is None else self.lm_head.weight
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -231,13 +299,33 @@ class GPT2LMHeadModel(PreTrainedModule):
         labels: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        return_logits: bool | None = None,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
-        weight = self.backbone.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = nn.functional.linear(x, weight)  # (*tokens, V)
-        out = ModelOutput(logits=layout.restore_padding(logits))
+        x, layout = self.backbone.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, past_key_values
+        )
+
+        def logits() -> torch.Tensor:  # (B, T or logits_to_keep, V)
+            if logits_to_keep and not layout.is_varlen:
+                return nn.functional.linear(x[:, -logits_to_keep:], self.output_weight)
+            out = layout.restore_padding(nn.functional.linear(x, self.output_weight))
+            return out[:, -logits_to_keep:] if logits_to_keep else out
+
+        out = ModelOutput()
+        if return_logits or (return_logits is None and labels is None):
+            out.logits = logits()
         if labels is not None:  # token t predicts label t + 1
-            out.loss = token_prediction_loss(logits, layout.next_token_labels(labels))
+            targets = layout.next_token_labels(labels)
+            if out.logits is not None and not logits_to_keep:
+                out.loss = token_prediction_loss(layout.remove_padding(out.logits), targets)
+            else:
+                out.loss = linear_cross_entropy(x, self.output_weight, targets)
+            if return_logits is None:
+                out.defer("logits", logits)
+        if past_key_values is not None:
+            out.past_key_values = past_key_values
         return out
 
 

@@ -67,19 +67,23 @@ class AttentionLayout:
 
     @classmethod
     def from_attention_mask(
-        cls, attention_mask: torch.Tensor | None, *, causal: bool = False
+        cls, attention_mask: torch.Tensor | None, *, causal: bool = False, past_length: int = 0
     ) -> AttentionLayout:
-        """Padded layout. attention_mask (B, T): 1 for real tokens, 0 for padding (transformers' meaning)."""
+        """Padded layout. attention_mask (B, T): 1 for real tokens, 0 for padding (transformers' meaning).
+
+        `past_length` (causal, with a KV cache): the first past_length positions of the mask
+        are cached keys, the rest are this call's queries.
+        """
         if attention_mask is None:
             return cls(mask=None, causal=causal)
         keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T) keys
         if causal:
-            T = attention_mask.shape[-1]
-            keep = keep & torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()  # (B, 1, T, T)
+            keys = torch.arange(attention_mask.shape[-1], device=keep.device)  # (T,)
+            queries = keys[past_length:, None]  # (T - past_length, 1)
+            keep = keep & (keys <= queries)  # (B, 1, T - past_length, T)
             # A padding query before the first real token (left padding) sees no key and
             # would turn into NaN; letting it see itself changes no real token.
-            empty = ~keep.any(-1, keepdim=True)
-            keep = keep | (empty & torch.eye(T, dtype=torch.bool, device=keep.device))
+            keep = keep | (~keep.any(-1, keepdim=True) & (keys == queries))
         return cls(mask=keep, causal=causal)
 
     @classmethod
