@@ -161,28 +161,33 @@ def main() -> None:
         return
 
     times: dict[str, list[float]] = {name: [] for name in systems}
-    losses: dict[str, list[float]] = {name: [] for name in systems}
+    cpu_times: dict[str, list[float]] = {name: [] for name in systems}  # process CPU seconds: less
+    losses: dict[str, list[float]] = {name: [] for name in systems}    # sensitive to other load
     for r in range(args.repeats):
         order = list(systems) if r % 2 == 0 else list(reversed(systems))
         for name in order:
             model, optimizer = systems[name], optimizers[name]
             for i, batch in enumerate(batches):
                 sync()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 loss = train_step(model, optimizer, batch, autocast)
                 sync()
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - start)
+                    cpu_times[name].append(time.process_time() - cpu_start)
                     losses[name].append(loss)
     tokens = args.batch_size * args.block_size
     result = {"settings": vars(args), "torch_threads": torch.get_num_threads(), "systems": {}}
     for name, t in times.items():
         result["systems"][name] = {
             "step_times_s": t, "median_step_s": statistics.median(t),
-            "tokens_per_second": tokens / statistics.median(t), "losses": losses[name],
+            "tokens_per_second": tokens / statistics.median(t),
+            "cpu_times_s": cpu_times[name], "median_cpu_s": statistics.median(cpu_times[name]),
+            "losses": losses[name],
         }
-    result["hone_vs_transformers"] = (result["systems"]["transformers"]["median_step_s"]
-                                      / result["systems"]["hone"]["median_step_s"])
+    hone, baseline = result["systems"]["hone"], result["systems"]["transformers"]
+    result["hone_vs_transformers"] = baseline["median_step_s"] / hone["median_step_s"]
+    result["hone_vs_transformers_cpu_time"] = baseline["median_cpu_s"] / hone["median_cpu_s"]
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -116,6 +116,14 @@ def test_fused_loss_without_gradients_and_with_frozen_weight():
     assert close(grad, ref_grad, 1e-5, 1e-7)
 
 
+def test_fused_loss_backward_runs_once():
+    hidden, weight, _, labels = random_problem(5)
+    loss = linear_cross_entropy(hidden, weight, labels)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward runs once"):
+        loss.backward()
+
+
 def test_fused_loss_without_targets_is_nan_like_cross_entropy():
     hidden, weight, _, labels = random_problem(4)
     none = torch.full_like(labels, -100)

@@ -14,7 +14,7 @@ import torch
 
 import hone
 from hone.models.checkpoint import build_model
-from hone.models.padding import AttentionLayout, attention
+from hone.models.padding import AttentionLayout, attention, causal_attention
 from paths import DATA as SHARED_DATA
 
 transformers = pytest.importorskip("transformers")
@@ -314,6 +314,29 @@ def test_attention_layout_matches_explicit_softmax():
         expected = torch.einsum("bhqk,bkhd->bqhd", scores.masked_fill(~allowed, -1e9).softmax(-1), v)
         real = mask.bool()
         assert (out[real] - expected[real]).abs().max() <= 1e-6
+
+
+def test_causal_attention_with_dropout_by_query_blocks():
+    """The CPU dropout path splits the queries into blocks over the keys they may see: the
+    same attention as one causal sdpa call (a dropout that drops nothing shows it), and no
+    query sees a later key whatever the dropout draws."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    blocked = causal_attention(q, k, v, dropout_p=1e-12, scale=None)  # > 0: the blocked path
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert (blocked - plain).abs().max() <= 1e-9
+    for a, b in zip(torch.autograd.grad(blocked.sum(), (q, k, v)), torch.autograd.grad(plain.sum(), (q, k, v))):
+        assert (a - b).abs().max() <= 1e-9
+    later = 200
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[:, :, later:] += 1.0
+    v2[:, :, later:] -= 1.0
+    outs = []
+    for keys, values in ((k, v), (k2, v2)):
+        torch.manual_seed(3)  # the same dropout draws
+        outs.append(causal_attention(q, keys, values, dropout_p=0.3, scale=None))
+    assert torch.equal(outs[0][:, :, :later], outs[1][:, :, :later])
+    assert not torch.equal(outs[0][:, :, later:], outs[1][:, :, later:])
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "gpt2"])

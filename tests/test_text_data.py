@@ -64,8 +64,10 @@ def test_several_files_follow_each_other(tmp_path):
 
 def test_json_lines_text_column(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text(json.dumps({"id": 1, "text": "first doc\n"}) + "\n\n" + json.dumps({"id": 2, "text": "second"}) + "\n")
-    assert read_texts(path) == ["first doc\n", "second"]
+    second = "second\u2028still second"  # a line separator inside a JSON string is no record break
+    path.write_text(json.dumps({"id": 1, "text": "first doc\n"}) + "\n\n"
+                    + json.dumps({"id": 2, "text": second}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_texts(path) == ["first doc\n", second]
     other = tmp_path / "other.json"
     other.write_text("\n".join(json.dumps(r) for r in [{"body": "x", "title": "t1"}, {"body": "y", "title": "t2"}]))
     assert read_texts(other) == ["x", "y"]  # no "text" field: the first one, as run_clm picks it

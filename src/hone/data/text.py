@@ -99,7 +99,7 @@ def _read_json_texts(path: Path, text_column: str | None) -> list[str]:
         except json.JSONDecodeError as err:
             raise TextDataError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
     else:
-        for number, line in enumerate(content.splitlines(), 1):
+        for number, line in enumerate(content.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if line.strip():
                 try:
                     records.append((f"line {number}", json.loads(line)))

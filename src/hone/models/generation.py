@@ -10,6 +10,7 @@ same tokens).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -193,13 +194,13 @@ def prompt_ids(prompts, tokenizer: HoneTokenizer | None, bos_token_id: int | Non
     """Token ids of each prompt; an empty prompt starts from bos, as in transformers."""
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
-    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], str)):
+    if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], str)):
         if tokenizer is None:
             raise GenerationError("text prompts need a tokenizer; pass tokenizer= or token ids")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         rows = [list(e.ids) for e in tokenizer.encode_batch(texts)]
-    elif prompts and isinstance(prompts[0], int):
-        rows = [list(prompts)]
+    elif len(prompts) and isinstance(prompts[0], numbers.Integral):  # one prompt of ids (numpy ints too)
+        rows = [[int(t) for t in prompts]]
     else:
         rows = [[int(t) for t in row] for row in prompts]
     if not rows:

@@ -270,7 +270,7 @@ class GPT2LMHeadModel(PreTrainedModule):
 
     With labels, the loss comes from `linear_cross_entropy` (no (tokens, vocab) logits in
     either pass) and the logits are deferred: `out.logits` computes them when read, so a
-    training step that reads only `out.loss` never projects onto the vocabulary twice.
+    training or evaluation step that reads only `out.loss` never materialises them.
     `return_logits=True` computes them up front (the loss then comes from them, as in
     transformers), False leaves them out. `logits_to_keep` (transformers' meaning): only the
     last that many positions' logits (0: all), e.g. the next-token logits in generation.

@@ -245,10 +245,10 @@ def attention(
     if not layout.is_varlen:
         # sdpa wants (B, H, T, D)
         q, k, v = (t.transpose(-3, -2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=layout.mask, dropout_p=dropout_p,
-            is_causal=layout.causal and layout.mask is None, scale=scale,
-        )
+        if layout.causal and layout.mask is None:
+            out = causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, dropout_p=dropout_p, scale=scale)
         return out.transpose(-3, -2)
     if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
         # flash kernel on (N, H, D) directly; it has no dropout, hence the condition
@@ -282,6 +282,35 @@ def attention_per_sequence(
     outs = []
     for a, b in layout.bounds:
         qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))  # (H, length, D)
-        out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, is_causal=layout.causal, scale=scale)
+        if layout.causal:
+            out = causal_attention(qs, ks, vs, dropout_p=dropout_p, scale=scale)
+        else:
+            out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, scale=scale)
         outs.append(out.transpose(0, 1))
     return torch.cat(outs)  # (N, H, D)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, scale: float | None
+) -> torch.Tensor:
+    """Causal sdpa of (..., T, D) queries, keys and values, no mask tensor.
+
+    With dropout on a CPU, sdpa has no fused kernel and its math path scores all T x T pairs,
+    half of them masked. Run it instead on a few blocks of queries, each over only the keys
+    it may see (the block's own keys masked causally): the same attention, about half the
+    scores, measured ~2x faster forward + backward at T = 512 and 1024.
+    """
+    T = q.shape[-2]
+    blocks = min(4, T // 128)
+    if dropout_p == 0.0 or q.device.type != "cpu" or blocks < 2 or k.shape[-2] != T:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+    size = -(-T // blocks)
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    outs = [
+        F.scaled_dot_product_attention(
+            q[..., a : a + size, :], k[..., : a + size, :], v[..., : a + size, :],
+            attn_mask=allowed[a : a + size, : a + size], dropout_p=dropout_p, scale=scale,
+        )
+        for a in range(0, T, size)
+    ]
+    return torch.cat(outs, dim=-2)
