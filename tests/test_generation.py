@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from hone.data.tokenizer import load_tokenizer
+from hone.errors import ModelConfigError
 from hone.models.generation import GenerationError, KVCache, generate, next_token_logits
+from hone.models.padding import LayoutError
 from paths import DATA
 from test_lm_loss import gpt2_pair
 from test_text_data import word_tokenizer
@@ -49,6 +51,20 @@ def test_cached_forward_equals_full_forward(tmp_path):
         step = model(new, torch.cat([mask, torch.ones_like(new)], 1), position_ids=positions[:, -1:] + 1,
                      past_key_values=cache).logits[:, -1]
     assert (step - full).abs().max() <= 1e-5
+
+
+def test_cached_calls_check_positions_and_layout(tmp_path):
+    model, _ = gpt2_pair(tmp_path)  # 64 positions
+    cache = KVCache(model.config.n_layer, 100)
+    with torch.no_grad():
+        model(torch.randint(0, 50, (1, 60)), past_key_values=cache)
+        with pytest.raises(ModelConfigError, match="64 positions"):
+            model(torch.randint(0, 50, (1, 10)), past_key_values=cache)
+        with pytest.raises(LayoutError, match="attention_mask must be"):
+            model(torch.randint(0, 50, (1, 2)), torch.ones(1, 2, dtype=torch.long), past_key_values=cache)
+        with pytest.raises(LayoutError, match="not packed"):
+            model(torch.randint(0, 50, (1, 2)), past_key_values=cache, cu_seqlens=torch.tensor([0, 1, 2]),
+                  position_ids=torch.tensor([[0, 0]]))
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["single", "batched"])

@@ -235,7 +235,7 @@ class GPT2Model(PreTrainedModule):
         if cu_seqlens is not None:
             raise LayoutError("a KV cache takes padded batches (left padding), not packed ones")
         B, T = input_ids.shape
-        check_length(past_length + T, self.config.n_positions)
+        check_length(past_length + T, self.config)
         if attention_mask is None:
             attention_mask = torch.ones(B, past_length + T, dtype=torch.long, device=input_ids.device)
         elif attention_mask.shape != (B, past_length + T):
