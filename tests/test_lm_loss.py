@@ -201,6 +201,21 @@ def test_eval_loss_is_the_token_weighted_mean_as_transformers(tmp_path):
     assert not math.isclose(np.mean(batch_means), metrics["eval_loss"], rel_tol=1e-4)  # really token-weighted
 
 
+def test_right_padding_without_a_mask_changes_no_loss(tmp_path):
+    """Sliding-window and block rows carry no attention mask: the collator's right padding
+    comes after every real token, which a causal model never attends to, and is labelled -100."""
+    model, _ = gpt2_pair(tmp_path)
+    rows = list(SlidingWindows(np.random.default_rng(1).integers(0, VOCAB, 50), 32, 24))
+    assert [len(r["input_ids"]) for r in rows] == [32, 26]
+    with torch.no_grad():
+        batch = pad_collate(rows, pad_token_id=0)
+        assert "attention_mask" not in batch
+        together = model(**batch).loss.item() * predicted_tokens(batch["labels"].numpy())
+        apart = sum(model(**pad_collate([r], pad_token_id=0)).loss.item() * predicted_tokens(r["labels"][None])
+                    for r in rows)
+    assert math.isclose(together, apart, rel_tol=1e-5)
+
+
 def test_perplexity_helpers():
     assert predicted_tokens(np.array([[5, 6, -100, 7], [1, -100, -100, -100]])) == 2 + 0
     assert predicted_tokens(np.array([[5, 6, -100, 7]]), causal=False) == 3

@@ -24,6 +24,10 @@ transformers docs): windows of up to `block_size` tokens over the whole token st
 every `stride` tokens; a window's labels are -100 on the tokens that earlier windows already
 scored, so every token after the first is predicted exactly once, with at least
 `block_size - stride` tokens of context (all of them in the first window).
+
+Rows are {"input_ids", "labels"} without an attention mask: blocks need no padding, and the
+right padding that pad_collate gives a short last window follows every real token, which a
+causal model never attends to (its labels are -100).
 """
 
 from __future__ import annotations
