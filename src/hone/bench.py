@@ -49,6 +49,7 @@ from hone.data.glue import load_data_file
 from hone.data.masking import Masker
 from hone.data.shards import PretrainingDataset
 from hone.data.squad import prepare_train_features, read_squad
+from hone.data.text import lm_blocks, read_texts
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
 from hone.engine.optim import build_optimizer
 from hone.engine.precision import autocast, autocast_dtype, build_loss_scaler, configure_tf32
@@ -97,13 +98,6 @@ class BenchData:
     num_labels: int | None = None
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise BenchError(f"--data {path}: not UTF-8 text ({err}); expected {what}") from None
-
-
 def qa_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, doc_stride: int) -> BenchData:
     """SQuAD training windows as run_qa builds them (hone.data.squad)."""
     features = prepare_train_features(read_squad(path), tokenizer, max_seq_length=seq_len, doc_stride=doc_stride)
@@ -121,22 +115,18 @@ def glue_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, pad_token_id: 
 
 
 def clm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int) -> BenchData:
-    """run_clm: every line tokenized (line breaks kept), concatenated, cut into seq_len blocks."""
-    lines = _read_text(path, TASKS["clm"][2]).splitlines(keepends=True)
-    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64)
-                          for e in tokenizer.encode_batch(lines, add_special_tokens=False)] or [np.zeros(0)])
-    blocks = len(ids) // seq_len
-    if blocks == 0:
-        raise BenchError(f"--data {path}: {len(ids)} tokens make no block of --max_seq_length {seq_len}")
-    ids = ids[: blocks * seq_len].reshape(blocks, seq_len)
-    rows = [{"input_ids": b, "attention_mask": np.ones(seq_len, dtype=np.int64), "labels": b} for b in ids]
-    return BenchData(rows, 0, "do_not_pad")
+    """run_clm's blocks of seq_len tokens (data.text: lines with their breaks, tokenized,
+    concatenated per 1000 lines, cut into blocks)."""
+    blocks = lm_blocks(read_texts([path]), tokenizer, seq_len, source=f"--data {path}")
+    if len(blocks) == 0:
+        raise BenchError(f"--data {path}: makes no block of --max_seq_length {seq_len} tokens")
+    return BenchData(blocks, 0, "do_not_pad")
 
 
 def mlm_data(path: Path, tokenizer: HoneTokenizer, seq_len: int, pad_token_id: int, seed: int) -> BenchData:
     """run_mlm --line_by_line: each non-empty line one sample, truncated to seq_len, masked once
     as DataCollatorForLanguageModeling masks (data.masking, per_token policy)."""
-    lines = [line for line in _read_text(path, TASKS["mlm"][2]).splitlines() if line.strip()]
+    lines = [line for line in read_texts([path], keep_linebreaks=False) if line.strip()]  # run_mlm --line_by_line
     masker = Masker.for_tokenizer(tokenizer, policy="per_token")
     encodings = tokenizer.encode_batch(lines, max_length=seq_len, truncation="longest_first")
     ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
