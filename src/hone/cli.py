@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "qa": ("hone.tasks.qa", "Fine-tune / evaluate extractive question answering (SQuAD 1.1/2.0)."),
     "glue": ("hone.tasks.glue", "Fine-tune / evaluate text classification and regression (GLUE or your files)."),
     "squad-eval": ("hone.tasks.squad_eval", "Official SQuAD v1.1/v2.0 evaluation of a predictions file."),
+    "clm": ("hone.tasks.clm", "Train / evaluate a causal language model (GPT-2) on raw text: loss, perplexity."),
+    "generate": ("hone.tasks.generate", "Continue prompts with a causal language model (greedy or sampled)."),
     "pretrain": ("hone.tasks.pretrain", "Pre-train BERT (MLM + NSP) or a masked LM, from scratch or a checkpoint."),
     "prepare-pretraining": ("hone.data.pretraining", "Prepare BERT pre-training data (MLM + NSP) as memory-mapped "
                                                      "shards."),
