@@ -6,7 +6,14 @@ tokenizer, concatenated and cut into blocks by run_clm's own `group_texts` (data
 batches of 1,000 samples), AutoModelForCausalLM (sdpa attention; a checkpoint folder, or fresh
 weights from a config folder), default_data_collator and the Trainer. Evaluation is the
 Trainer's (eval_loss; perplexity = exp(eval_loss), run_clm's key), before training when asked
-and after it.
+and after it; on the CPU it runs in fp32 even with --bf16 (which autocasts training only).
+
+transformers 5's Trainer divides each batch's summed loss by its labels counted BEFORE the
+causal shift unless the model's `loss_type` is ForCausalLM, and GPT2LMHeadModel's is None (its
+class name has no "ForCausalLM"): eval_loss came out (T-1)/T of the mean over the predicted
+tokens (10.650 instead of 10.819 at block 64), and training losses likewise. The model's
+loss_type is set to ForCausalLM, the loss GPT2LMHeadModel computes, so that the Trainer counts
+the predicted tokens, as it does for *ForCausalLM models.
 
     python benchmarks/clm_transformers_baseline.py --model_name_or_path DIR --tokenizer DIR \
         --train_file wiki.valid.raw --validation_file wiki.test.raw --output_dir OUT \
@@ -90,6 +97,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(a.model_name_or_path, attn_implementation="sdpa")
     else:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(a.config_name), attn_implementation="sdpa")
+    model.loss_type = "ForCausalLM"  # see the module docstring
     t0 = time.perf_counter()
     train, valid = lm_datasets(a, tokenizer, out / "datasets-cache")
     prep_s = time.perf_counter() - t0

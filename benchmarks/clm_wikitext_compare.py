@@ -3,8 +3,9 @@
 One fresh GPT-2 (the gpt2 preset shrunk to --layers x --width, --heads heads; seeded) is saved
 once; `hone clm` and benchmarks/clm_transformers_baseline.py (run_clm's recipe with the Trainer)
 both train it from that folder with the same settings on wiki.valid.raw, blocks of
---block_size tokens of the real GPT-2 tokenizer, and evaluate on wiki.test.raw before and after
-training. Writes one JSON (perplexities before and after, their difference, wall and training
+--block_size tokens of the real GPT-2 tokenizer (bf16 or fp32), and evaluate on wiki.test.raw
+before and after training, both in fp32 (the Trainer evaluates in fp32 on the CPU, --bf16 or not;
+hone's evaluations are runs of their own on the cpu profile). Writes one JSON (perplexities before and after, their difference, wall and training
 times, loss curves, machine, versions, commands) and a PNG of both training-loss curves to
 benchmarks/results/. The issue's bar: the perplexities after training within 3% of each other.
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from compare_common import HERE, RESULTS, environment, run_systems, write_result
 from pretrain_two_phase import DATA, plot, read_log, results, run_hone
 
+from hone.data.tokenizer import load_tokenizer
 from hone.models.checkpoint import build_model
 from hone.models.presets import preset
 
@@ -37,13 +39,15 @@ from hone.models.presets import preset
 TINY = dict(text_lines=400, layers=2, width=64, heads=2, block_size=64, epochs=1.0, logging_steps=2)
 
 
-def save_fresh_model(folder: Path, size: dict, seed: int) -> None:
-    """The shared starting point: fresh weights of the gpt2 preset at the given size."""
+def save_fresh_model(folder: Path, size: dict, tokenizer: str, seed: int) -> None:
+    """The shared starting point: fresh weights of the gpt2 preset at the given size, and the
+    tokenizer saved beside them (transformers' AutoTokenizer needs the folder's config.json)."""
     import torch
 
     torch.manual_seed(seed)
     config = {**preset("gpt2"), "n_layer": size["layers"], "n_embd": size["width"], "n_head": size["heads"]}
     build_model(config, "clm").save_pretrained(folder)
+    load_tokenizer(tokenizer).save(folder)
 
 
 def text_files(wikitext: Path, work: Path, lines: int | None) -> dict[str, Path]:
@@ -79,6 +83,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--logging_steps", type=int, default=10)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--text_lines", type=int, help="Use only the first N lines of each file (a quick check).")
+    p.add_argument("--max_steps", type=int, help="Stop training after N steps (a quick check, or to time steps).")
+    p.add_argument("--max_eval_samples", type=int, help="Evaluate only the first N blocks (a quick check).")
     p.add_argument("--systems", default="hone,transformers")
     p.add_argument("--parallel", action="store_true",
                    help="run both at once, one core and one thread each (same conditions, half the wall time)")
@@ -90,34 +96,41 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     files = text_files(Path(a.wikitext), work, size["text_lines"])
     init = work / "init"
-    save_fresh_model(init, size, a.seed)
+    save_fresh_model(init, size, a.tokenizer, a.seed)
     bf16 = a.precision == "bf16"
-    shared = {"block_size": size["block_size"], "seed": a.seed}
-    hone_args = ["clm", "--model_name_or_path", init, "--tokenizer_name", a.tokenizer, "--validation_file",
-                 files["eval"], "--do_eval", "--block_size", shared["block_size"], "--per_device_eval_batch_size",
-                 a.eval_batch_size, "--seed", a.seed, "--hardware", "cpu-bf16" if bf16 else "cpu", "--disable_tqdm",
-                 "--overwrite_output_dir"]
+    eval_limit = ["--max_eval_samples", a.max_eval_samples] if a.max_eval_samples else []
+    step_limit = ["--max_steps", a.max_steps] if a.max_steps else []
+    threads = 1 if a.parallel else None
+
+    def hone_eval(model: Path, name: str) -> dict:
+        """hone's evaluation of a folder in fp32, as the Trainer evaluates on the CPU."""
+        step = run_hone(["clm", "--model_name_or_path", model, "--validation_file", files["eval"], "--do_eval",
+                         "--block_size", size["block_size"], "--per_device_eval_batch_size", a.eval_batch_size,
+                         "--hardware", "cpu", "--disable_tqdm", "--overwrite_output_dir", *eval_limit, "--output_dir",
+                         work / name], work, name, threads)
+        return {**step, "metrics": results(work / name)}
+
     systems = a.systems.split(",")
-    before = {}
-    if "hone" in systems:  # hone's evaluation of the starting weights, its own (untimed) run
-        run_hone([*hone_args, "--output_dir", work / "hone-before"], work, "hone-before", 1 if a.parallel else None)
-        before["hone"] = results(work / "hone-before")
+    before = hone_eval(init, "hone-before") if "hone" in systems else None
     commands: dict[str, list[str]] = {}
     if "hone" in systems:
         commands["hone"] = [sys.executable, "-m", "hone", *map(str, [
-            *hone_args, "--train_file", files["train"], "--do_train", "--per_device_train_batch_size", a.batch_size,
-            "--learning_rate", a.lr, "--num_train_epochs", size["epochs"], "--warmup_ratio", a.warmup_ratio,
-            "--weight_decay", a.weight_decay, "--logging_steps", size["logging_steps"], "--save_strategy", "no",
-            "--output_dir", work / "hone"])]
+            "clm", "--model_name_or_path", init, "--train_file", files["train"], "--do_train", "--block_size",
+            size["block_size"], "--per_device_train_batch_size", a.batch_size, "--learning_rate", a.lr,
+            "--num_train_epochs", size["epochs"], "--warmup_ratio", a.warmup_ratio, "--weight_decay", a.weight_decay,
+            "--seed", a.seed, "--logging_steps", size["logging_steps"], "--save_strategy", "no", "--hardware",
+            "cpu-bf16" if bf16 else "cpu", "--disable_tqdm", "--overwrite_output_dir", *step_limit, "--output_dir",
+            work / "hone"])]
     if "transformers" in systems:
         commands["transformers"] = [sys.executable, str(HERE / "clm_transformers_baseline.py"), *map(str, [
-            "--model_name_or_path", init, "--tokenizer", a.tokenizer, "--train_file", files["train"],
+            "--model_name_or_path", init, "--tokenizer", init, "--train_file", files["train"],
             "--validation_file", files["eval"], "--output_dir", work / "transformers", "--block_size",
-            shared["block_size"], "--epochs", size["epochs"], "--lr", a.lr, "--batch_size", a.batch_size,
+            size["block_size"], "--epochs", size["epochs"], "--lr", a.lr, "--batch_size", a.batch_size,
             "--eval_batch_size", a.eval_batch_size, "--warmup_ratio", a.warmup_ratio, "--weight_decay",
             a.weight_decay, "--seed", a.seed, "--logging_steps", size["logging_steps"], "--eval_before",
-            *(["--bf16"] if bf16 else [])])]
+            *eval_limit, *step_limit, *(["--bf16"] if bf16 else [])])]
     walls = run_systems(commands, work, a.parallel)
+    after = hone_eval(work / "hone", "hone-after") if "hone" in commands else None
 
     model = f"gpt2-{size['layers']}x{size['width']}"
     result: dict = {"benchmark": "clm-wikitext2-from-scratch", "date": datetime.date.today().isoformat(),
@@ -125,14 +138,16 @@ def main(argv: list[str]) -> int:
                     "settings": size, "systems": {}}
     curves = {}
     if "hone" in commands:
-        res, (train_log, _) = results(work / "hone"), read_log(work / "hone")
+        res, (train_log, _) = results(work / "hone"), read_log(work / "hone")  # the training run
         curves["hone"] = {"step": [r["step"] for r in train_log], "loss": [r["loss"] for r in train_log]}
         result["systems"]["hone"] = {
-            "wall_seconds": walls["hone"], "train_runtime": res["train_runtime"],
-            "train_samples_per_second": res["train_samples_per_second"], "train_loss": res["train_loss"],
-            "train_samples": res["train_samples"], "eval_samples": res["eval_samples"],
-            "before": {k: before["hone"][k] for k in ("eval_loss", "perplexity")},
-            "after": {k: res[k] for k in ("eval_loss", "perplexity")}, "command": commands["hone"]}
+            "wall_seconds": walls["hone"] + after["wall_time_s"], "train_runtime": res["train_runtime"],
+            "eval_seconds": after["wall_time_s"], "train_samples_per_second": res["train_samples_per_second"],
+            "train_loss": res["train_loss"], "train_samples": res["train_samples"],
+            "eval_samples": after["metrics"]["eval_samples"],
+            "before": {k: before["metrics"][k] for k in ("eval_loss", "perplexity")},
+            "after": {k: after["metrics"][k] for k in ("eval_loss", "perplexity")},
+            "commands": [commands["hone"], before["command"], after["command"]]}
     if "transformers" in commands:
         res = json.loads((work / "transformers" / "baseline_results.json").read_text())
         curves["transformers"] = {"step": [r["step"] for r in res["loss_curve"]],
