@@ -115,7 +115,8 @@ def main(argv: list[str]) -> int:
     commands: dict[str, list[str]] = {}
     if "hone" in systems:
         commands["hone"] = [sys.executable, "-m", "hone", *map(str, [
-            "clm", "--model_name_or_path", init, "--train_file", files["train"], "--do_train", "--block_size",
+            "clm", "--model_name_or_path", init, "--train_file", files["train"], "--validation_file",
+            files["eval"], "--do_train", "--block_size",
             size["block_size"], "--per_device_train_batch_size", a.batch_size, "--learning_rate", a.lr,
             "--num_train_epochs", size["epochs"], "--warmup_ratio", a.warmup_ratio, "--weight_decay", a.weight_decay,
             "--seed", a.seed, "--logging_steps", size["logging_steps"], "--save_strategy", "no", "--hardware",
