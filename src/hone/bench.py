@@ -51,11 +51,12 @@ from hone.data.shards import PretrainingDataset
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.text import lm_blocks, read_texts
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
+from hone.engine.host_memory import resident_bytes
 from hone.engine.optim import build_optimizer
 from hone.engine.precision import autocast, autocast_dtype, build_loss_scaler, configure_tf32
 from hone.engine.trainer import apply_execution_profile
 from hone.errors import HoneError
-from hone.hardware import HardwareProfile, resolve_profile
+from hone.hardware import HardwareProfile, effective_attention, resolve_profile
 from hone.models.base import ModelConfig
 from hone.models.checkpoint import MODEL_CLASSES, build_model, config_from_dict, load_config, load_model
 from hone.models.presets import PRESETS, preset
@@ -366,7 +367,7 @@ def _measure(name: str, folder: Path, *, data: BenchData, order: np.ndarray, arg
         apply_execution_profile(model, profile)
         mode = profile.execution_mode
         collate = make_collator(mode, pad_token_id=data.pad_token_id, position_offset=config.position_offset,
-                                max_seq_len=args.max_seq_length)
+                                max_seq_len=args.max_seq_length, bucket_tokens=bucket_tokens(args, profile))
         batches = make_batches(data, order, args.per_device_train_batch_size, collate=collate, layout=mode,
                                token_types=token_types)
         compiled = profile.compile
@@ -380,7 +381,16 @@ def _measure(name: str, folder: Path, *, data: BenchData, order: np.ndarray, arg
     run = train_steps(model, batches, profile, lr=args.learning_rate, warmup=args.warmup,
                       compile_model=compiled, dynamic=dynamic, desc=f"{name} ({mode})")
     return {"mode": mode, "compiled": compiled, "fused_optimizer": run["fused_optimizer"], "run": run,
-            "batches": batches, "peak_memory_bytes": memory.peak_bytes(), "peak_memory_kind": memory.kind}
+            "batches": batches, "peak_memory_bytes": memory.peak_bytes(), "peak_memory_kind": memory.kind,
+            "peak_resident_bytes": resident_bytes("VmHWM") if device.type == "cpu" else None}
+
+
+def bucket_tokens(args: argparse.Namespace, profile: HardwareProfile) -> int | None:
+    """hone's token-stream bucket (data.collate.make_collator): --bucket_tokens, else half of
+    --max_seq_length when the model is compiled (few shapes to compile), else none."""
+    if args.bucket_tokens is not None:
+        return args.bucket_tokens or None
+    return args.max_seq_length // 2 if profile.compile and profile.execution_mode != "padded" else None
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -470,7 +480,8 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
                          "fused_optimizer": first["fused_optimizer"], **report,
                          "samples_per_second_per_repeat": [r["samples_per_second"] for r in per_repeat],
                          "peak_memory_bytes": max(m["peak_memory_bytes"] for m in runs),
-                         "peak_memory_kind": first["peak_memory_kind"]}
+                         "peak_memory_kind": first["peak_memory_kind"],
+                         "peak_resident_bytes": max((m["peak_resident_bytes"] or 0 for m in runs), default=0) or None}
 
     timed = baseline[args.warmup:]
     real, padded = sum(b.real_tokens for b in timed), sum(b.tokens for b in timed)
@@ -487,6 +498,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             "per_device_train_batch_size": batch_size, "steps": args.steps, "warmup": args.warmup,
             "repeats": args.repeats, "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
             "systems": systems, "mode": profile.execution_mode, "compile_baseline": args.compile_baseline,
+            "attention_kernel": effective_attention(profile), "bucket_tokens": bucket_tokens(args, profile),
             "threads": profile.cpu_threads,
             "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
             "hardware": asdict(profile),
@@ -548,6 +560,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--systems", default="hone,transformers", help="Which systems, in run order.")
     p.add_argument("--mode", choices=MODES, help="hone's execution mode (default: the profile's).")
     p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
+    p.add_argument("--bucket_tokens", type=int,
+                   help="hone: pad each batch's token stream to a multiple of this (few shapes; 0: off; default "
+                        "half of --max_seq_length when the profile compiles, else off).")
     p.add_argument("--baseline_padding", choices=["max_length", "longest"],
                    help="How the baseline pads its batches: to --max_seq_length, or to each batch's longest row "
                         "(default: the task's example script: max_length for qa and glue, longest for mlm).")
@@ -573,8 +588,11 @@ def summary(report: dict) -> str:
     for name, r in report["systems"].items():
         lines.append(f"{name:>12} ({r['mode']}): {r['samples_per_second']:.2f} samples/s, "
                      f"{r['real_tokens_per_second']:.0f} real tokens/s, step {r['step_time_mean_s']:.3f} "
-                     f"+- {r['step_time_std_s']:.3f} s, peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB, "
-                     f"loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}")
+                     f"+- {r['step_time_std_s']:.3f} s, peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB"
+                     + (f" (peak resident {r['peak_resident_bytes'] / 2**20:.0f} MiB)" if r.get("peak_resident_bytes")
+                        else "")
+                     + f", loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}")
+    lines.append(f"hone attention: {report['settings']['attention_kernel']}")
     if "hone_vs_transformers" in report:
         ratio = report["hone_vs_transformers"]
         spread = ratio["samples_per_second_ratio_spread"]

@@ -31,7 +31,7 @@ class HardwareProfile:
     loss_scaling: str = "dynamic"             # fp16 only: "dynamic" or a number (static scale)
     tf32: bool = False
     compile: bool = False                     # torch.compile the model
-    attention: str = "sdpa"                   # sdpa | flash | math | varlen
+    attention: str = "auto"                   # auto | flash | sdpa | math (hone.models.padding.KERNELS)
     unpad: bool = False                       # drop padding tokens before the layers
     pack: bool = False                        # training batches pack several sequences per row (implies unpad)
     activation_checkpointing: bool = False    # recompute every layer in backward
@@ -62,7 +62,7 @@ class HardwareError(HoneError, ValueError):
 
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
-ATTENTIONS = ("sdpa", "flash", "math", "varlen")
+ATTENTIONS = ("auto", "flash", "sdpa", "math")  # hone.models.padding.KERNELS (kept free of torch here)
 
 _GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="flash", unpad=True,
             fused_optimizer=True, pin_memory=True)
@@ -255,6 +255,18 @@ def validate_profile(profile: HardwareProfile, *, check_device: bool = True) -> 
             raise HardwareError(f"{where}: {torch.cuda.get_device_name(0)} has no bf16 support; "
                                 "use --hardware_overrides precision=fp16 (or --hardware auto).")
     return profile
+
+
+def effective_attention(profile: HardwareProfile) -> str:
+    """The attention kernel that runs under `profile` and what it does, e.g. "flash (torch varlen
+    flash kernel ...)": `attention` resolved for the device and precision (flash needs a CUDA
+    GPU and fp16/bf16; elsewhere sdpa runs). For reports and the run's effective configuration."""
+    import torch
+
+    from hone.models.padding import attention_kernel, describe_kernel
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(profile.precision, torch.float32)
+    return describe_kernel(attention_kernel(profile.attention, profile.device, dtype), profile.device)
 
 
 # ----------------------------------------------------------------------------- resolution

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from hone.models.padding import VarlenMetadata
+
 # Padding value per sequence field; `input_ids` gets the tokenizer's pad id, any field
 # named `labels` or ending in `_labels` gets -100 (ignored by cross-entropy), the rest 0.
 _IGNORE_INDEX = -100
@@ -60,32 +62,58 @@ class Collator:
 
     A batch without padding (equal rows, e.g. language-model blocks) loses its all-ones
     attention_mask: the model then runs attention without a mask, its fastest path, with
-    the same result."""
+    the same result.
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    `varlen=True` (unpadded execution) adds `varlen`, the batch's VarlenMetadata (where the
+    real tokens sit, computed here on the host), so that the model's forward reads nothing
+    back from the device. `bucket_tokens` (with varlen) pads every row to `pad_to_multiple_of`
+    and the token stream to a multiple of bucket_tokens: few shapes for torch.compile and
+    CUDA graphs (see hone.models.padding)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, *, varlen: bool = False,
+                 bucket_tokens: int | None = None):
+        if bucket_tokens is not None and not (varlen and pad_to_multiple_of):
+            raise ValueError("bucket_tokens needs varlen=True and pad_to_multiple_of (the fixed row width)")
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.varlen = varlen
+        self.bucket_tokens = bucket_tokens
 
-    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[dict]) -> dict:
         batch = pad_collate(rows, self.pad_token_id, self.pad_to_multiple_of)
+        mask = batch.get("attention_mask")
+        if mask is None:  # rows without a mask: every token of a row is real
+            lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+            mask = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
+        if self.varlen and (self.bucket_tokens or not bool(mask.all())):
+            batch["varlen"] = VarlenMetadata.from_mask(mask, bucket_tokens=self.bucket_tokens)
         if "attention_mask" in batch and bool(batch["attention_mask"].all()):
             del batch["attention_mask"]
         return batch
 
 
 def make_collator(mode: str, *, pad_token_id: int, position_offset: int = 0, max_seq_len: int | None = None,
-                  training: bool = True, pad_to_max_length: bool = False):
+                  training: bool = True, pad_to_max_length: bool = False, bucket_tokens: int | None = None):
     """The collate function of an execution mode ("padded", "unpadded", "packed"; see
     HardwareProfile.execution_mode). Padded and unpadded batches are dynamically padded (the
-    model drops the padding itself when unpadded), or padded to max_seq_len with
-    pad_to_max_length; packed training batches put several rows in one of at most max_seq_len
-    tokens. Evaluation never packs: outputs stay in row order."""
+    model drops the padding itself when unpadded, from the metadata computed here), or padded
+    to max_seq_len with pad_to_max_length; packed training batches put several rows in one of
+    at most max_seq_len tokens. Evaluation never packs: outputs stay in row order.
+
+    bucket_tokens (unpadded/packed, e.g. max_seq_len // 2 when the model is compiled): rows
+    padded to max_seq_len and token streams to a multiple of bucket_tokens, so that batches
+    come in few shapes."""
+    if mode not in ("padded", "unpadded", "packed"):
+        raise ValueError(f"unknown execution mode {mode!r}")
+    if bucket_tokens is not None and max_seq_len is None:
+        raise ValueError("bucket_tokens needs max_seq_len (the fixed row width)")
     if mode == "packed" and training:
         from hone.data.packing import PackCollator
 
         if max_seq_len is None:
             raise ValueError("packed batches need max_seq_len")
-        return PackCollator(max_seq_len, pad_token_id, position_offset)
-    if mode not in ("padded", "unpadded", "packed"):
-        raise ValueError(f"unknown execution mode {mode!r}")
-    return Collator(pad_token_id, max_seq_len if pad_to_max_length else None)
+        return PackCollator(max_seq_len, pad_token_id, position_offset, bucket_tokens=bucket_tokens)
+    if mode == "padded":
+        return Collator(pad_token_id, max_seq_len if pad_to_max_length else None)
+    fixed = bucket_tokens is not None or pad_to_max_length
+    return Collator(pad_token_id, max_seq_len if fixed else None, varlen=True, bucket_tokens=bucket_tokens)

@@ -39,9 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hone.data.collate import _pad_value
 from hone.errors import HoneError
+from hone.models.padding import VarlenMetadata
 
 POSITION_FIELD = "position_ids"
 
@@ -85,12 +87,17 @@ def _length(row: dict) -> int:
 
 
 def pack_collate(
-    rows: Sequence[dict], max_seq_len: int, pad_token_id: int, *, first_position: int = 0
+    rows: Sequence[dict], max_seq_len: int, pad_token_id: int, *, first_position: int = 0,
+    bucket_tokens: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pack `rows` (dicts as for pad_collate: 1-D token sequences and scalars) into a packed
     batch (see the module docstring). A 1-D integer field as long as the row's input_ids is
     per token; every other field (scalars, e.g. multi-label vectors) is per example.
-    Padding values are pad_collate's: pad_token_id for input_ids, -100 for labels, else 0."""
+    Padding values are pad_collate's: pad_token_id for input_ids, -100 for labels, else 0.
+
+    The batch also carries `varlen`, its VarlenMetadata computed here on the host (the model
+    then reads nothing back from the device); with `bucket_tokens` rows are max_seq_len wide
+    and the token stream is padded to a multiple of bucket_tokens (few shapes)."""
     if not rows:
         raise PackingError("pack_collate got an empty batch")
     if POSITION_FIELD in rows[0]:
@@ -128,6 +135,11 @@ def pack_collate(
             batch[key] = torch.from_numpy(stacked.astype(dtype))
     cu_seqlens = np.concatenate([[0], np.cumsum([lengths[i] for i in order])])
     batch["cu_seqlens"] = torch.from_numpy(cu_seqlens.astype(np.int32))  # (S + 1,)
+    if bucket_tokens is not None:  # fixed row width: few shapes
+        batch = {k: F.pad(v, (0, max_seq_len - width), value=_pad_value(k, pad_token_id)) if k in per_token else v
+                 for k, v in batch.items()}
+    batch["varlen"] = VarlenMetadata.from_mask(batch["attention_mask"], cu_seqlens=batch["cu_seqlens"],
+                                               bucket_tokens=bucket_tokens)
     return batch
 
 
@@ -140,10 +152,12 @@ def unpack(per_token: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[torc
 class PackCollator:
     """`pack_collate` with its settings bound; picklable for DataLoader workers."""
 
-    def __init__(self, max_seq_len: int, pad_token_id: int, first_position: int = 0):
+    def __init__(self, max_seq_len: int, pad_token_id: int, first_position: int = 0, *,
+                 bucket_tokens: int | None = None):
         self.max_seq_len = max_seq_len
         self.pad_token_id = pad_token_id
         self.first_position = first_position
+        self.bucket_tokens = bucket_tokens
 
     @classmethod
     def for_config(cls, config: Any, max_seq_len: int, pad_token_id: int | None = None) -> PackCollator:
@@ -155,4 +169,5 @@ class PackCollator:
         return cls(max_seq_len, pad, config.position_offset)
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        return pack_collate(rows, self.max_seq_len, self.pad_token_id, first_position=self.first_position)
+        return pack_collate(rows, self.max_seq_len, self.pad_token_id, first_position=self.first_position,
+                            bucket_tokens=self.bucket_tokens)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from pathlib import Path
 
 
 @functools.cache
@@ -30,3 +31,16 @@ def release_free_host_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def resident_bytes(field: str = "VmHWM") -> int | None:
+    """The process's resident memory from /proc/self/status: its peak ("VmHWM", the high-water
+    mark since start or since a reset through /proc/self/clear_refs) or now ("VmRSS"); None
+    where /proc is absent (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        return None
+    return None

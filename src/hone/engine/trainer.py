@@ -141,10 +141,11 @@ class StepBatchSampler(Sampler[list[int]]):
 # ----------------------------------------------------------------------------- helpers
 
 def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> dict:
+    """Tensors and objects that move like them (hone's VarlenMetadata: `.to(device, non_blocking)`)."""
     if not isinstance(batch, Mapping):
         raise TypeError("collate_fn must return a mapping of model inputs (the model is called as "
                         f"forward(**batch)), got {type(batch).__name__}.")
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+    return {k: v.to(device, non_blocking=non_blocking) if callable(getattr(v, "to", None)) else v
             for k, v in batch.items()}
 
 
@@ -162,7 +163,7 @@ def _to_host(t: torch.Tensor) -> np.ndarray:
 
 
 def apply_execution_profile(model: nn.Module, profile: HardwareProfile) -> None:
-    """Switch the model to the profile's execution mode (hone models only: unpadded layers).
+    """Switch the model to the profile's execution mode and attention kernel (hone models only).
 
     Also sets the process's CPU thread count when the profile names one: on a shared
     machine, fewer threads than cores avoids oversubscription, which hurts most.
@@ -171,36 +172,104 @@ def apply_execution_profile(model: nn.Module, profile: HardwareProfile) -> None:
         torch.set_num_threads(profile.cpu_threads)
     if callable(getattr(model, "set_unpadded", None)):
         model.set_unpadded(profile.execution_mode != "padded")
+    if callable(getattr(model, "set_attention", None)):
+        model.set_attention(profile.attention)
 
 
 def predict(model: nn.Module, dataset, collate_fn: Callable, batch_size: int,
-            profile: HardwareProfile) -> Iterator[dict[str, np.ndarray]]:
-    """Run `model` over `dataset` in order and yield each batch's outputs on the host.
+            profile: HardwareProfile, *, by_length: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Run `model` over `dataset` and yield each batch's outputs on the host, in dataset order.
 
     Float tensors come back as float32 numpy arrays, so evaluation never keeps logits on
-    the device. Uses the device the model is on and the profile's autocast; the model's
-    train/eval mode is restored afterwards.
+    the device. Uses the device the model is on, the profile's execution mode, attention
+    kernel and autocast; the model's train/eval mode is restored afterwards.
+
+    by_length: the model sees batches of rows of similar length (longest first: least padding,
+    and sequences the attention kernels group well), and the outputs are re-batched into
+    dataset order, `batch_size` rows at a time. Every output must then have one row per sample
+    (per-sample or per-token outputs, not a batch's mean loss); per-token outputs are cut to
+    each row's length and padded to the widest row of a yielded batch with the value the model
+    put at padding positions (0 when no row of the run had padding).
     """
     apply_execution_profile(model, profile)
     device = next(model.parameters()).device
     if device.type == "cpu" and profile.device == "cuda":
         model.to("cuda")
         device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                        pin_memory=profile.pin_memory and device.type == "cuda",
+    lengths = sample_lengths(dataset) if by_length else None
+    order = np.argsort(-lengths, kind="stable") if by_length else np.arange(len(dataset))
+    loader = DataLoader(dataset, batch_sampler=[order[i:i + batch_size].tolist()
+                                                for i in range(0, len(order), batch_size)],
+                        collate_fn=collate_fn, pin_memory=profile.pin_memory and device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG (dropout stream) alone
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            for batch in loader:
-                with autocast(profile):
-                    out = model(**_to_device(batch, device, non_blocking=True))
-                yield {k: _to_host(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
+        outputs = _run_batches(model, loader, device, profile)
+        yield from (_in_dataset_order(outputs, order, lengths, batch_size) if by_length
+                    else (out for out, _ in outputs))
     finally:
         model.train(was_training)
         if device.type == "cpu":
             release_free_host_memory()
+
+
+def _run_batches(model: nn.Module, loader: DataLoader, device: torch.device,
+                 profile: HardwareProfile) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Each batch's outputs on the host, and the batch's row width (its input_ids' second dim)."""
+    with torch.inference_mode():
+        for batch in loader:
+            with autocast(profile):
+                out = model(**_to_device(batch, device, non_blocking=True))
+            yield {k: _to_host(v) for k, v in out.items() if isinstance(v, torch.Tensor)}, batch["input_ids"].shape[1]
+
+
+def sample_lengths(dataset) -> np.ndarray:
+    """(len(dataset),) tokens per sample: the dataset's `lengths` when it has them (QAFeatures),
+    else each item's input_ids."""
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None and len(lengths) == len(dataset):
+        return np.asarray(lengths)
+    return np.array([len(dataset[i]["input_ids"]) for i in range(len(dataset))])
+
+
+def _in_dataset_order(outputs: Iterator[tuple[dict[str, np.ndarray], int]], order: np.ndarray,
+                      lengths: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Outputs of batches in `order` -> batches of `batch_size` rows in dataset order. An output
+    is per token when its second dim is the batch's row width."""
+    rows: dict[str, list] = {}
+    fills: dict[str, Any] = {}
+    start = 0
+    for out, width in outputs:
+        batch = order[start:start + batch_size]
+        start += len(batch)
+        for key, value in out.items():
+            if value.ndim == 0 or len(value) != len(batch):
+                raise HoneError(f"predict(by_length=True) cannot put output '{key}' back in dataset order: it "
+                                f"has no row per sample (shape {value.shape}); predict without by_length.")
+            per_token = value.ndim >= 2 and value.shape[1] == width
+            column = rows.setdefault(key, [None] * len(order))
+            for index, row in zip(batch, value):
+                if per_token:
+                    if key not in fills and value.shape[1] > lengths[index]:
+                        fills[key] = row[lengths[index]].copy()
+                    row = row[:lengths[index]]
+                column[index] = row
+    for a in range(0, len(order), batch_size):
+        chunk = range(a, min(a + batch_size, len(order)))
+        batch = {}
+        for key, column in rows.items():
+            items = [column[i] for i in chunk]
+            if all(item.shape == items[0].shape for item in items):
+                batch[key] = np.stack(items)
+                continue
+            width = max(len(item) for item in items)
+            padded = np.empty((len(items), width, *items[0].shape[1:]), dtype=items[0].dtype)
+            padded[...] = fills.get(key, 0)
+            for i, item in enumerate(items):
+                padded[i, :len(item)] = item
+            batch[key] = padded
+        yield batch
 
 
 class TrainerCallback:

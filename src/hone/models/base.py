@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hone.errors import ModelConfigError
 from hone.models.outputs import ModelOutput
-from hone.models.padding import IGNORE_INDEX, AttentionLayout, LayoutError
+from hone.models.padding import IGNORE_INDEX, KERNELS, AttentionLayout, LayoutError, VarlenMetadata
 
 # model_type -> (transformers class-name prefix, state-dict prefix of the base model)
 HF_NAMES = {"bert": ("Bert", "bert"), "roberta": ("Roberta", "roberta"), "gpt2": ("GPT2", "transformer")}
@@ -233,6 +233,7 @@ class PreTrainedModule(nn.Module):
         self.config = config
         self.activation_checkpointing = False
         self.unpadded = False
+        self.attention_kernel = "auto"
 
     @property
     def num_hidden_layers(self) -> int:
@@ -316,6 +317,16 @@ class PreTrainedModule(nn.Module):
                 module.unpadded = enabled
         return self
 
+    def set_attention(self, kernel: str) -> Self:
+        """Choose the attention kernel (hone.models.padding.KERNELS: auto, flash, sdpa, math);
+        where it cannot run (flash off CUDA or in fp32) sdpa runs instead (padding.attention_kernel)."""
+        if kernel not in KERNELS:
+            raise ModelConfigError(f"attention kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+        for module in self.modules():
+            if isinstance(module, PreTrainedModule):
+                module.attention_kernel = kernel
+        return self
+
     def prepare_inputs(
         self,
         input_ids: torch.Tensor,
@@ -323,28 +334,33 @@ class PreTrainedModule(nn.Module):
         token_type_ids: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         cu_seqlens: torch.Tensor | None,
+        varlen: VarlenMetadata | None = None,
     ) -> tuple[AttentionLayout, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Choose this batch's layout and gather the (B, T) integer inputs into it.
 
-        Packed batch (cu_seqlens given) or `unpadded` with an attention mask: varlen layout,
-        inputs become (N,) real tokens; otherwise the padded layout, inputs stay (B, T).
+        Varlen metadata from the collate function (`varlen`): its varlen layout, nothing read
+        back from the device. Packed batch (cu_seqlens given) or `unpadded` with an attention
+        mask: varlen layout computed here; otherwise the padded layout, inputs stay (B, T).
         Returns (layout, input_ids, token_type_ids, position_ids), all shaped (*tokens).
         """
         if input_ids.dim() != 2:
             raise ModelConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
-        if cu_seqlens is not None:
-            if position_ids is None:
-                raise LayoutError(
-                    "a packed batch (cu_seqlens) needs position_ids that restart at every sequence; "
-                    "hone.data.packing.pack_collate builds both"
-                )
+        if cu_seqlens is not None and position_ids is None:
+            raise LayoutError(
+                "a packed batch (cu_seqlens) needs position_ids that restart at every sequence; "
+                "hone.data.packing.pack_collate builds both"
+            )
+        kernel = self.attention_kernel
+        if varlen is not None:
+            layout = AttentionLayout.from_metadata(varlen, input_ids.shape, causal=self.is_causal, kernel=kernel)
+        elif cu_seqlens is not None:
             layout = AttentionLayout.varlen(
-                attention_mask, input_ids.shape, causal=self.is_causal, cu_seqlens=cu_seqlens
+                attention_mask, input_ids.shape, causal=self.is_causal, cu_seqlens=cu_seqlens, kernel=kernel
             )
         elif self.unpadded and attention_mask is not None:
-            layout = AttentionLayout.varlen(attention_mask, input_ids.shape, causal=self.is_causal)
+            layout = AttentionLayout.varlen(attention_mask, input_ids.shape, causal=self.is_causal, kernel=kernel)
         else:
-            layout = AttentionLayout.from_attention_mask(attention_mask, causal=self.is_causal)
+            layout = AttentionLayout.from_attention_mask(attention_mask, causal=self.is_causal, kernel=kernel)
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
         gather = layout.remove_padding

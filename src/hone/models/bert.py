@@ -29,7 +29,7 @@ from hone.models.base import (
     token_prediction_loss,
 )
 from hone.models.outputs import ModelOutput
-from hone.models.padding import IGNORE_INDEX, AttentionLayout, attention
+from hone.models.padding import IGNORE_INDEX, AttentionLayout, VarlenMetadata, attention
 
 
 @dataclass
@@ -217,10 +217,11 @@ class BertModel(PreTrainedModule):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
     ) -> tuple[torch.Tensor, AttentionLayout]:
         """Last hidden states (*tokens, C) of the tokens the layers ran on, and their layout."""
         layout, input_ids, token_type_ids, position_ids = self.prepare_inputs(
-            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens
+            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen
         )
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (*tokens, C)
         return self.run_layers(x, layout), layout
@@ -233,8 +234,9 @@ class BertModel(PreTrainedModule):
         position_ids: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
     ) -> ModelOutput:
-        x, layout = self.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         out = ModelOutput(last_hidden_state=layout.restore_padding(x))  # (B, T, C)
         if self.pooler is not None:
             out.pooler_output = self.pooler(layout.first_tokens(x))  # (S, C)
@@ -262,8 +264,9 @@ class BertForQuestionAnswering(PreTrainedModule):
         end_positions: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         return question_answering_output(self.qa_outputs(x), layout, start_positions, end_positions)
 
 
@@ -314,8 +317,9 @@ class BertForSequenceClassification(PreTrainedModule):
         labels: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         first = layout.first_tokens(x)  # (S, C)
         if self.is_roberta:
             logits = self.classifier(first)
@@ -356,9 +360,9 @@ class MaskedLMHead(nn.Module):
             logits = self(hidden, word_embeddings)  # (*tokens, V)
             out = ModelOutput({logits_name: layout.restore_padding(logits)})
             if labels is not None:
-                out.loss = token_prediction_loss(logits, layout.remove_padding(labels))
+                out.loss = token_prediction_loss(logits, layout.remove_padding(labels, fill=IGNORE_INDEX))
             return out
-        labels = layout.remove_padding(labels).reshape(-1)  # (tokens,)
+        labels = layout.remove_padding(labels, fill=IGNORE_INDEX).reshape(-1)  # (tokens,)
         targets = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # (M,)
         logits = self(hidden.flatten(0, -2).index_select(0, targets), word_embeddings)  # (M, V)
         masked_labels = labels.index_select(0, targets)
@@ -404,9 +408,10 @@ class BertForMaskedLM(PreTrainedModule):
         labels: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
         dense_logits: bool = False,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         word_embeddings = self.backbone.embeddings.word_embeddings.weight
         return self.lm_head.predict(x, word_embeddings, layout, labels, dense_logits, "logits")
 
@@ -443,9 +448,10 @@ class BertForPreTraining(PreTrainedModule):
         next_sentence_label: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
         dense_logits: bool = False,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         word_embeddings = self.backbone.embeddings.word_embeddings.weight
         result = self.lm_head.predict(x, word_embeddings, layout, labels, dense_logits, "prediction_logits")
         result.seq_relationship_logits = self.seq_relationship(self.backbone.pooler(layout.first_tokens(x)))  # (S, 2)

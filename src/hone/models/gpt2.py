@@ -36,7 +36,7 @@ from hone.models.base import (
 )
 from hone.models.losses import linear_cross_entropy
 from hone.models.outputs import ModelOutput
-from hone.models.padding import AttentionLayout, LayoutError, attention
+from hone.models.padding import AttentionLayout, LayoutError, VarlenMetadata, attention
 
 if TYPE_CHECKING:
     from hone.models.generation import KVCache
@@ -200,15 +200,17 @@ class GPT2Model(PreTrainedModule):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
         past_key_values: KVCache | None = None,
     ) -> tuple[torch.Tensor, AttentionLayout]:
         """Hidden states after ln_f (*tokens, C) of the tokens the layers ran on, and their layout."""
         if past_key_values is None:
             layout, input_ids, token_type_ids, position_ids = self.prepare_inputs(
-                input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens
+                input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen
             )
         else:
-            layout, position_ids = self.cached_layout(input_ids, attention_mask, position_ids, cu_seqlens,
+            layout, position_ids = self.cached_layout(input_ids, attention_mask, position_ids,
+                                                      cu_seqlens if varlen is None else varlen.cu_seqlens,
                                                       past_key_values.length)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (*tokens, C)
         if token_type_ids is not None:  # transformers embeds token types with wte
@@ -256,9 +258,12 @@ class GPT2Model(PreTrainedModule):
         position_ids: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
         past_key_values: KVCache | None = None,
     ) -> ModelOutput:
-        x, layout = self.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, past_key_values)
+        x, layout = self.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen, past_key_values
+        )
         out = ModelOutput(last_hidden_state=layout.restore_padding(x))  # (B, T, C)
         if past_key_values is not None:
             out.past_key_values = past_key_values
@@ -299,12 +304,13 @@ class GPT2LMHeadModel(PreTrainedModule):
         labels: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
         past_key_values: KVCache | None = None,
         return_logits: bool | None = None,
         logits_to_keep: int = 0,
     ) -> ModelOutput:
         x, layout = self.backbone.encode(
-            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, past_key_values
+            input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen, past_key_values
         )
 
         def logits() -> torch.Tensor:  # (B, T or logits_to_keep, V)
@@ -353,8 +359,9 @@ class GPT2ForSequenceClassification(PreTrainedModule):
         labels: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         if layout.is_varlen:
             logits = self.score(layout.last_tokens(x))  # (S, num_labels)
             return sequence_classification_output(logits, labels, self.config)
@@ -396,6 +403,7 @@ class GPT2ForQuestionAnswering(PreTrainedModule):
         end_positions: torch.Tensor | None = None,
         *,
         cu_seqlens: torch.Tensor | None = None,
+        varlen: VarlenMetadata | None = None,
     ) -> ModelOutput:
-        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens)
+        x, layout = self.backbone.encode(input_ids, attention_mask, token_type_ids, position_ids, cu_seqlens, varlen)
         return question_answering_output(self.qa_outputs(x), layout, start_positions, end_positions)

@@ -9,108 +9,137 @@ scatter per-token results back with `restore_padding` and pool with `first_token
 - padded (`from_attention_mask`): `*tokens` is `(B, T)`; padding is computed and masked
   inside scaled_dot_product_attention. Matches transformers everywhere, e.g. its QA loss
   keeps the padding positions in the softmax.
-- varlen (`varlen`): `*tokens` is `(N,)`, the real tokens only, sequence after sequence:
-  sequence s is tokens `cu_seqlens[s]:cu_seqlens[s + 1]` of that stream. Built from an
-  attention mask (one sequence per row: unpadded execution) or from a packed batch (several
-  sequences per row, `cu_seqlens` given; see hone.data.packing). Every token-wise op
-  (embeddings, projections, MLP, LayerNorm, heads) runs on real tokens only; attention runs
-  per sequence: on CUDA, torch's varlen flash kernel (fp16/bf16 without dropout; it has no
-  dropout), else one sdpa call over the sequences padded to (S, max_seqlen); on CPU, one
-  sdpa call per sequence on exactly its tokens (no padded scores, no gather or scatter).
+- varlen (`varlen`, or `from_metadata`): `*tokens` is `(N,)`, the real tokens only, sequence
+  after sequence: sequence s is tokens `cu_seqlens[s]:cu_seqlens[s + 1]` of that stream.
+  Built from an attention mask (one sequence per row: unpadded execution) or from a packed
+  batch (several sequences per row, `cu_seqlens` given; see hone.data.packing). Every
+  token-wise op (embeddings, projections, MLP, LayerNorm, heads) runs on real tokens only.
+
+Where the real tokens are can be computed by the model (two reads from the device per
+forward: `nonzero` and the lengths) or, better, by the collate function on the host
+(`VarlenMetadata`, moved to the device with the batch): then the forward never waits for
+the device, and with `bucket_tokens` the stream is padded to a few fixed lengths so that
+torch.compile and CUDA graphs see few shapes. A bucketed stream ends with one padding
+segment: tokens that attend among themselves, gathered from nowhere (their inputs are
+`fill`) and scattered nowhere.
+
+Attention kernels (`KERNELS`, the hardware profile's `attention` field, set on a model with
+`set_attention`), resolved per call by `attention_kernel` for the device and dtype:
+- flash: CUDA fp16/bf16, torch's varlen flash kernel on the token stream itself (cu_seqlens),
+  attention dropout inside the kernel (`aten._flash_attention_forward`, the kernel behind
+  `torch.nn.attention.varlen.varlen_attn`, which exposes no dropout). Elsewhere: sdpa.
+- sdpa: scaled_dot_product_attention over sequences padded to a common length with a key
+  mask: on CUDA one call over all sequences (torch picks its efficient or math backend); on a
+  CPU, sequences of similar length grouped into a few calls, in the compute dtype with a
+  cheap dropout mask (`attention_grouped`; sdpa's math path would upcast bf16 to fp32).
+- math: the same padded grid through sdpa's math backend only (the reference).
+- auto: flash where it runs, else sdpa.
 
 Padding is removed and restored here and nowhere else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+import functools
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hone.errors import HoneError
 
-try:  # recent torch only
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - older torch: the sdpa path below is used
-    varlen_attn = None
-
 IGNORE_INDEX = -100  # label value that the losses skip (transformers' convention)
+
+KERNELS = ("auto", "flash", "sdpa", "math")  # the hardware profile's `attention` values
 
 
 class LayoutError(HoneError, ValueError):
     """An attention mask or packed batch that does not describe a valid set of sequences."""
 
 
-@dataclass(eq=False)
-class AttentionLayout:
-    """How the tokens of one batch sit in memory.
+# ----------------------------------------------------------------------------- kernels
 
-    mask:       padded layout: bool, True where a query may attend to a key; (B, 1, 1, T)
-                for an encoder, (B, 1, T, T) for a decoder with padding; None when nothing
-                is masked beyond causality (then sdpa can take its fastest path).
-    causal:     each token sees only itself and earlier tokens of its sequence (GPT-2).
-    indices:    varlen layout: (N,) int64, where the real tokens sit in the flattened
-                (B * T) batch, in stream order; None in the padded layout.
-    cu_seqlens: varlen: (S + 1,) int32, sequence starts in the stream of N real tokens.
-    max_seqlen: varlen: the longest sequence.
-    shape:      varlen: (B, T) of the batch as the model received it.
+def flash_available(device: torch.device) -> bool:
+    """Whether torch's varlen flash kernel runs on `device` (a CUDA build with flash attention)."""
+    return device.type == "cuda" and torch.backends.cuda.is_flash_attention_available()
+
+
+def attention_kernel(requested: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    """The kernel that runs for the `requested` one (KERNELS) on this device and compute dtype:
+    "flash" (CUDA, fp16/bf16, a torch with flash kernels), else "sdpa"; "math" stays "math"."""
+    if requested not in KERNELS:
+        raise LayoutError(f"attention kernel {requested!r} is not one of {', '.join(KERNELS)}")
+    if requested == "math":
+        return "math"
+    device = torch.device(device)
+    if requested in ("auto", "flash") and dtype in (torch.float16, torch.bfloat16) and flash_available(device):
+        return "flash"
+    if requested == "flash":
+        _warn_once(f"attention=flash: torch's flash kernel needs a CUDA GPU and fp16/bf16 "
+                   f"(here {device.type}, {str(dtype).removeprefix('torch.')}); running sdpa instead")
+    return "sdpa"
+
+
+def describe_kernel(kernel: str, device: torch.device | str) -> str:
+    """What a resolved kernel does on `device`, for reports and logs."""
+    device = torch.device(device)
+    if kernel == "flash":
+        return "flash (torch varlen flash kernel on the token stream, dropout in the kernel)"
+    if kernel == "math":
+        return "math (sdpa math backend on sequences padded to the longest)"
+    if device.type == "cuda":
+        return "sdpa (one call on sequences padded to the longest, key mask)"
+    return "sdpa (CPU: sequences grouped by length, one call per group, compute dtype)"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- metadata
+
+@dataclass(eq=False)
+class VarlenMetadata:
+    """Where the sequences of a (B, T) batch sit, computed on the host by the collate function
+    and moved to the device with the batch (the trainer moves anything with `.to`), so that the
+    model reads nothing back from the device to build its layout.
+
+    cu_seqlens:  (S + 1 + tail,) int32 starts of every segment of the token stream: the S
+                 sequences, then `tail` (0 or 1) padding segment of a bucketed stream.
+    indices:     (N,) int64, where each stream token sits in the flattened (B * T) batch;
+                 padding-segment tokens point at B * T (nothing).
+    max_seqlen:  an int >= every segment's length (the kernels' grid bound).
+    tail:        1 when the stream ends with a padding segment (bucketed), else 0.
     """
 
-    mask: torch.Tensor | None
-    causal: bool = False
-    indices: torch.Tensor | None = None
-    cu_seqlens: torch.Tensor | None = None
-    max_seqlen: int = 0
-    shape: tuple[int, int] | None = None
+    cu_seqlens: torch.Tensor
+    indices: torch.Tensor
+    max_seqlen: int
+    tail: int = 0
 
     @classmethod
-    def from_attention_mask(
-        cls, attention_mask: torch.Tensor | None, *, causal: bool = False, past_length: int = 0
-    ) -> AttentionLayout:
-        """Padded layout. attention_mask (B, T): 1 for real tokens, 0 for padding (transformers' meaning).
+    def from_mask(cls, attention_mask: torch.Tensor | np.ndarray, *, cu_seqlens: torch.Tensor | None = None,
+                  bucket_tokens: int | None = None) -> VarlenMetadata:
+        """Metadata of a batch from its (B, T) attention mask (1 = real token) and, for a packed
+        batch, its cu_seqlens (S + 1,) in row-major order; otherwise each row is one sequence.
+        On the device this reads the mask back (host syncs); collate functions call it on the host.
 
-        `past_length` (causal, with a KV cache): the first past_length positions of the mask
-        are cached keys, the rest are this call's queries.
+        bucket_tokens: pad the token stream to the next multiple (a padding segment), so that
+        batches come in few shapes; it must not exceed T (the segment has to fit max_seqlen).
         """
-        if attention_mask is None:
-            return cls(mask=None, causal=causal)
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T) keys
-        if causal:
-            keys = torch.arange(attention_mask.shape[-1], device=keep.device)  # (T,)
-            queries = keys[past_length:, None]  # (T - past_length, 1)
-            keep = keep & (keys <= queries)  # (B, 1, T - past_length, T)
-            # A padding query before the first real token (left padding) sees no key and
-            # would turn into NaN; letting it see itself changes no real token.
-            keep = keep | (~keep.any(-1, keepdim=True) & (keys == queries))
-        return cls(mask=keep, causal=causal)
-
-    @classmethod
-    def varlen(
-        cls,
-        attention_mask: torch.Tensor | None,
-        shape: tuple[int, int],
-        *,
-        causal: bool = False,
-        cu_seqlens: torch.Tensor | None = None,
-    ) -> AttentionLayout:
-        """Varlen layout of a (B, T) batch.
-
-        attention_mask (B, T): 1 for real tokens (None: all are). Without `cu_seqlens` each
-        row is one sequence (unpadded execution); with it (a packed batch) sequence s is real
-        tokens cu_seqlens[s]:cu_seqlens[s + 1] in row-major order.
-        """
-        if attention_mask is None:
-            device = cu_seqlens.device if cu_seqlens is not None else None
-            indices = torch.arange(shape[0] * shape[1], device=device)
-        else:
-            if tuple(attention_mask.shape) != tuple(shape):
-                raise LayoutError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(shape)}")
-            indices = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+        mask = torch.as_tensor(attention_mask)
+        if mask.dim() != 2:
+            raise LayoutError(f"attention_mask must be (batch, seq_len), got shape {tuple(mask.shape)}")
+        B, T = mask.shape
+        indices = mask.reshape(-1).nonzero().squeeze(1)  # (N,)
         if cu_seqlens is None:  # one sequence per row
-            lengths = attention_mask.sum(1) if attention_mask is not None else indices.new_full((shape[0],), shape[1])
-            cu_seqlens = F.pad(lengths.cumsum(0), (1, 0))
+            cu_seqlens = F.pad(mask.sum(1).cumsum(0), (1, 0))
         elif cu_seqlens.dim() != 1 or len(cu_seqlens) < 2:
             raise LayoutError(
                 f"cu_seqlens must be 1-D (S + 1,) sequence starts from 0, got shape {tuple(cu_seqlens.shape)}"
@@ -119,7 +148,7 @@ class AttentionLayout:
         lengths = cu_seqlens.diff()
         first, shortest, longest, total = torch.stack(
             [cu_seqlens[0], lengths.min(), lengths.max(), cu_seqlens[-1]]
-        ).tolist()  # one host sync
+        ).tolist()  # one host read (a sync when the mask is on a GPU)
         if first != 0 or total != len(indices):
             raise LayoutError(
                 f"cu_seqlens runs from {first} to {total} but the batch has {len(indices)} real tokens: "
@@ -131,8 +160,120 @@ class AttentionLayout:
                 "every sequence needs at least one real token; an attention_mask row is all zeros "
                 "or cu_seqlens repeats a value"
             )
-        return cls(mask=None, causal=causal, indices=indices, cu_seqlens=cu_seqlens,
-                   max_seqlen=longest, shape=tuple(shape))
+        if not bucket_tokens:
+            return cls(cu_seqlens, indices, int(longest))
+        if not 1 <= bucket_tokens <= T:
+            raise LayoutError(f"bucket_tokens must be in [1, seq_len={T}], got {bucket_tokens}")
+        padded = -(-total // bucket_tokens) * bucket_tokens
+        cu_seqlens = F.pad(cu_seqlens, (0, 1), value=padded)
+        indices = F.pad(indices, (0, padded - total), value=B * T)
+        return cls(cu_seqlens, indices, T, tail=1)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> VarlenMetadata:
+        return replace(self, cu_seqlens=self.cu_seqlens.to(device, non_blocking=non_blocking),
+                       indices=self.indices.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self, device: torch.device | str | None = None) -> VarlenMetadata:
+        """DataLoader(pin_memory=True) calls this on the collate function's output."""
+        return replace(self, cu_seqlens=self.cu_seqlens.pin_memory(), indices=self.indices.pin_memory())
+
+
+# ----------------------------------------------------------------------------- the layout
+
+def _memoized(method):
+    """A property computed once per object. functools.cached_property takes a lock on Python
+    3.11, which torch.compile cannot trace; a layout lives for one forward on one thread."""
+    key = "_memo_" + method.__name__
+
+    @functools.wraps(method)
+    def get(self):
+        if key not in self.__dict__:
+            self.__dict__[key] = method(self)
+        return self.__dict__[key]
+
+    return property(get)
+
+
+@dataclass(eq=False)
+class AttentionLayout:
+    """How the tokens of one batch sit in memory.
+
+    mask:       padded layout: bool, True where a query may attend to a key; (B, 1, 1, T)
+                for an encoder, (B, 1, T, T) for a decoder with padding; None when nothing
+                is masked beyond causality (then sdpa can take its fastest path).
+    causal:     each token sees only itself and earlier tokens of its sequence (GPT-2).
+    indices:    varlen layout: (N,) int64, where the stream's tokens sit in the flattened
+                (B * T) batch, in stream order (B * T: a padding-segment token); None in the
+                padded layout.
+    segments:   varlen: (S + 1 + tail,) int32, segment starts in the stream of N tokens: the
+                S sequences, then the padding segment of a bucketed stream (tail = 1).
+    max_seqlen: varlen: >= the longest segment.
+    shape:      varlen: (B, T) of the batch as the model received it.
+    tail:       varlen: 1 when the stream ends with a padding segment.
+    kernel:     the requested attention kernel (KERNELS).
+    """
+
+    mask: torch.Tensor | None
+    causal: bool = False
+    indices: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+    max_seqlen: int = 0
+    shape: tuple[int, int] | None = None
+    tail: int = 0
+    kernel: str = "auto"
+
+    @classmethod
+    def from_attention_mask(
+        cls, attention_mask: torch.Tensor | None, *, causal: bool = False, past_length: int = 0,
+        kernel: str = "auto",
+    ) -> AttentionLayout:
+        """Padded layout. attention_mask (B, T): 1 for real tokens, 0 for padding (transformers' meaning).
+
+        `past_length` (causal, with a KV cache): the first past_length positions of the mask
+        are cached keys, the rest are this call's queries.
+        """
+        if attention_mask is None:
+            return cls(mask=None, causal=causal, kernel=kernel)
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T) keys
+        if causal:
+            keys = torch.arange(attention_mask.shape[-1], device=keep.device)  # (T,)
+            queries = keys[past_length:, None]  # (T - past_length, 1)
+            keep = keep & (keys <= queries)  # (B, 1, T - past_length, T)
+            # A padding query before the first real token (left padding) sees no key and
+            # would turn into NaN; letting it see itself changes no real token.
+            keep = keep | (~keep.any(-1, keepdim=True) & (keys == queries))
+        return cls(mask=keep, causal=causal, kernel=kernel)
+
+    @classmethod
+    def varlen(
+        cls,
+        attention_mask: torch.Tensor | None,
+        shape: tuple[int, int],
+        *,
+        causal: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        kernel: str = "auto",
+    ) -> AttentionLayout:
+        """Varlen layout of a (B, T) batch, computed here (reads from the device).
+
+        attention_mask (B, T): 1 for real tokens (None: all are). Without `cu_seqlens` each
+        row is one sequence (unpadded execution); with it (a packed batch) sequence s is real
+        tokens cu_seqlens[s]:cu_seqlens[s + 1] in row-major order.
+        """
+        if attention_mask is None:
+            device = cu_seqlens.device if cu_seqlens is not None else None
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        elif tuple(attention_mask.shape) != tuple(shape):
+            raise LayoutError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(shape)}")
+        meta = VarlenMetadata.from_mask(attention_mask, cu_seqlens=cu_seqlens)
+        return cls.from_metadata(meta, shape, causal=causal, kernel=kernel)
+
+    @classmethod
+    def from_metadata(cls, meta: VarlenMetadata, shape: tuple[int, int], *, causal: bool = False,
+                      kernel: str = "auto") -> AttentionLayout:
+        """Varlen layout from metadata the collate function computed (nothing read back)."""
+        return cls(mask=None, causal=causal, indices=meta.indices, segments=meta.cu_seqlens,
+                   max_seqlen=meta.max_seqlen, shape=tuple(shape), tail=meta.tail, kernel=kernel)
 
     @property
     def is_varlen(self) -> bool:
@@ -140,8 +281,13 @@ class AttentionLayout:
 
     @property
     def num_sequences(self) -> int:
-        """S (varlen layout)."""
-        return len(self.cu_seqlens) - 1
+        """S (varlen layout): the real sequences, not the padding segment."""
+        return len(self.segments) - 1 - self.tail
+
+    @property
+    def cu_seqlens(self) -> torch.Tensor:
+        """(S + 1,) int32 sequence starts in the stream (varlen layout)."""
+        return self.segments if not self.tail else self.segments[: len(self.segments) - self.tail]
 
     def sequence_lengths(self) -> torch.Tensor:
         """(S,) int64 tokens per sequence (varlen layout)."""
@@ -149,18 +295,23 @@ class AttentionLayout:
 
     # ------------------------------------------------------------------ padding in and out
 
-    def remove_padding(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) -> (*tokens, ...): the real tokens (padded layout: unchanged)."""
+    def remove_padding(self, x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(B, T, ...) -> (*tokens, ...): the real tokens (padded layout: unchanged); tokens of
+        a padding segment get `fill` (e.g. IGNORE_INDEX for labels)."""
         if not self.is_varlen:
             return x
-        return x.flatten(0, 1).index_select(0, self.indices)  # (N, ...)
+        flat = x.flatten(0, 1)
+        if self.tail:
+            flat = torch.cat([flat, flat.new_full((1, *flat.shape[1:]), fill)])
+        return flat.index_select(0, self.indices)  # (N, ...)
 
     def restore_padding(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(*tokens, ...) -> (B, T, ...), padding positions set to `fill` (padded layout: unchanged)."""
         if not self.is_varlen:
             return x
         B, T = self.shape
-        return _scatter_rows(x, self.indices, B * T, fill).unflatten(0, (B, T))
+        out = _scatter_rows(x, self.indices, B * T + self.tail, fill)
+        return (out[: B * T] if self.tail else out).unflatten(0, (B, T))
 
     def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(*tokens, C) -> (S, C): each sequence's first token ([CLS] / <s>); padded: column 0."""
@@ -178,8 +329,8 @@ class AttentionLayout:
         predicts nothing (IGNORE_INDEX), so packed sequences never predict each other."""
         if not self.is_varlen:
             return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
-        shifted = self.remove_padding(labels).roll(-1)  # (N,)
-        return shifted.index_fill(0, self.cu_seqlens[1:].long() - 1, IGNORE_INDEX)
+        shifted = self.remove_padding(labels, fill=IGNORE_INDEX).roll(-1)  # (N,)
+        return shifted.index_fill(0, self.segments[1:].long() - 1, IGNORE_INDEX)
 
     # ------------------------------------------------------------------ per-sequence grid
 
@@ -189,37 +340,98 @@ class AttentionLayout:
         if not self.is_varlen:
             return x
         S, T = self.num_sequences, self.max_seqlen
-        if len(x) == S * T:  # every sequence is max_seqlen long: a reshape
+        if not self.tail and len(x) == S * T:  # every sequence is max_seqlen long: a reshape
             return x.unflatten(0, (S, T))
-        return _scatter_rows(x, self._grid_slots, S * T, fill).unflatten(0, (S, T))
+        grid = _scatter_rows(x, self._grid_slots, S * T + self.tail, fill)
+        return (grid[: S * T] if self.tail else grid).unflatten(0, (S, T))
 
     def from_sequences(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of to_sequences: (S, T', ...) -> (*tokens, ...)."""
+        """Inverse of to_sequences: (S, T', ...) -> (*tokens, ...); padding-segment tokens get 0."""
         if not self.is_varlen:
             return x
         x = x.flatten(0, 1)
-        return x if len(x) == len(self.indices) else x.index_select(0, self._grid_slots)
+        if self.tail:
+            x = torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
+        elif len(x) == len(self.indices):
+            return x
+        return x.index_select(0, self._grid_slots)
 
-    @cached_property
+    @_memoized
     def _grid_slots(self) -> torch.Tensor:
-        """(N,) int64: where each token sits in the flattened (S, max_seqlen) grid."""
-        cu = self.cu_seqlens.long()
-        N, S = len(self.indices), self.num_sequences
-        seq = torch.repeat_interleave(torch.arange(S, device=cu.device), cu.diff(), output_size=N)  # (N,)
-        position = torch.arange(N, device=cu.device) - cu[seq]  # position inside its sequence
-        return seq * self.max_seqlen + position
+        """(N,) int64: where each token sits in the flattened (S, max_seqlen) grid (padding-segment
+        tokens: S * max_seqlen, one past the grid)."""
+        cu = self.segments.long()
+        N, S, T = len(self.indices), self.num_sequences, self.max_seqlen
+        seq = torch.repeat_interleave(torch.arange(len(cu) - 1, device=cu.device), cu.diff(), output_size=N)  # (N,)
+        slots = seq * T + torch.arange(N, device=cu.device) - cu[seq]  # position inside its sequence
+        return slots.clamp(max=S * T) if self.tail else slots
 
-    @cached_property
+    @_memoized
     def bounds(self) -> list[tuple[int, int]]:
-        """(start, end) of every sequence in the token stream, as Python ints."""
+        """(start, end) of every sequence in the token stream, as Python ints (read from the
+        device: CPU kernels only)."""
         cu = self.cu_seqlens.tolist()
         return list(zip(cu[:-1], cu[1:]))
 
-    @cached_property
+    @_memoized
     def key_mask(self) -> torch.Tensor:
         """(S, 1, 1, max_seqlen) bool: the real keys of each grid row."""
-        positions = torch.arange(self.max_seqlen, device=self.cu_seqlens.device)
+        positions = torch.arange(self.max_seqlen, device=self.segments.device)
         return (positions < self.cu_seqlens.diff()[:, None])[:, None, None, :]
+
+    @_memoized
+    def length_groups(self) -> list[LengthGroup]:
+        """The sequences grouped by similar length for the CPU kernel (see `group_lengths`)."""
+        device = self.segments.device
+        groups = []
+        for members, width in group_lengths([b - a for a, b in self.bounds]):
+            if len(members) == 1:
+                groups.append(LengthGroup(self.bounds[members[0]], None, None, None, 1, width))
+                continue
+            starts = [self.bounds[s][0] for s in members]
+            lengths = [self.bounds[s][1] - self.bounds[s][0] for s in members]
+            positions = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths)])
+            slots = np.concatenate([np.arange(n) + i * width for i, n in enumerate(lengths)])
+            key_mask = None
+            if min(lengths) < width:
+                key_mask = (torch.arange(width) < torch.tensor(lengths)[:, None])[:, None, None, :].to(device)
+            groups.append(LengthGroup(None, torch.from_numpy(positions).to(device),
+                                      torch.from_numpy(slots).to(device), key_mask, len(members), width))
+        return groups
+
+
+@dataclass(eq=False)
+class LengthGroup:
+    """Sequences attended to in one call on a CPU: a single sequence (`span` of the stream), or
+    `count` sequences padded to `width` (stream `positions` -> grid `slots`, `key_mask` when
+    some are shorter than width)."""
+
+    span: tuple[int, int] | None
+    positions: torch.Tensor | None
+    slots: torch.Tensor | None
+    key_mask: torch.Tensor | None
+    count: int
+    width: int
+
+
+# Grouping rule for the CPU kernel: a group holds sequences at least GROUP_RATIO times as long
+# as its longest, at most GROUP_MAX of them (benchmarks/attention_cpu.py measured the choice).
+GROUP_RATIO = 0.8
+GROUP_MAX = 16
+
+
+def group_lengths(lengths: Sequence[int], ratio: float = GROUP_RATIO,
+                  max_size: int = GROUP_MAX) -> list[tuple[list[int], int]]:
+    """Sequences (indices into `lengths`) in groups of similar length, longest first, each with
+    its width (its longest length): padding wastes at most 1 - ratio^2 of a group's scores."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[tuple[list[int], int]] = []
+    for i in order:
+        if groups and len(groups[-1][0]) < max_size and lengths[i] >= ratio * groups[-1][1]:
+            groups[-1][0].append(i)
+        else:
+            groups.append(([i], lengths[i]))
+    return groups
 
 
 def _scatter_rows(x: torch.Tensor, index: torch.Tensor, n: int, fill: float) -> torch.Tensor:
@@ -228,6 +440,8 @@ def _scatter_rows(x: torch.Tensor, index: torch.Tensor, n: int, fill: float) -> 
     base = x.new_full((n, *x.shape[1:]), fill)
     return base.index_copy(0, index, x)
 
+
+# ----------------------------------------------------------------------------- attention
 
 def attention(
     q: torch.Tensor,
@@ -238,26 +452,47 @@ def attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Multi-head attention of q, k, v (*tokens, H, D) -> (*tokens, H, D).
-
-    scale None means 1/sqrt(D), as in BERT and GPT-2.
-    """
+    """Multi-head attention of q, k, v (*tokens, H, D) -> (*tokens, H, D) with the layout's
+    kernel (see the module docstring). scale None means 1/sqrt(D), as in BERT and GPT-2."""
+    kernel = attention_kernel(layout.kernel, q.device, q.dtype)
     if not layout.is_varlen:
         # sdpa wants (B, H, T, D)
         q, k, v = (t.transpose(-3, -2) for t in (q, k, v))
-        if layout.causal and layout.mask is None:
-            out = causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, dropout_p=dropout_p, scale=scale)
+        with sdpa_kernel(SDPBackend.MATH) if kernel == "math" else nullcontext():
+            if layout.causal and layout.mask is None:
+                out = causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, dropout_p=dropout_p,
+                                                     scale=scale)
         return out.transpose(-3, -2)
-    if varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
-        # flash kernel on (N, H, D) directly; it has no dropout, hence the condition
-        cu, T = layout.cu_seqlens, layout.max_seqlen
-        window = (-1, 0) if layout.causal else (-1, -1)
-        return varlen_attn(q, k, v, cu, cu, T, T, scale=scale, window_size=window)
+    if kernel == "flash":
+        return attention_flash(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+    if kernel == "math":
+        with sdpa_kernel(SDPBackend.MATH):
+            return attention_on_grid(q, k, v, layout, dropout_p=dropout_p, scale=scale)
     if q.is_cuda:
         return attention_on_grid(q, k, v, layout, dropout_p=dropout_p, scale=scale)
-    return attention_per_sequence(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+    if layout.causal:
+        return attention_per_sequence(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+    return attention_grouped(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+
+
+def attention_flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, *, dropout_p: float,
+    scale: float | None
+) -> torch.Tensor:
+    """torch's varlen flash kernel on the (N, H, D) stream: every segment (the padding one
+    too) attends to itself; attention dropout happens inside the kernel (its backward replays
+    the same mask from the saved RNG state)."""
+    T = layout.max_seqlen
+    out, *_ = _flash_forward(q, k, v, layout.segments, layout.segments, T, T, dropout_p, layout.causal, False,
+                             scale=scale)
+    return out
+
+
+# torch's flash kernel with varlen inputs and dropout (differentiable: autograd runs
+# aten._flash_attention_backward with the RNG state it returns)
+_flash_forward = torch.ops.aten._flash_attention_forward
 
 
 def attention_on_grid(
@@ -287,7 +522,66 @@ def attention_per_sequence(
         else:
             out = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, scale=scale)
         outs.append(out.transpose(0, 1))
-    return torch.cat(outs)  # (N, H, D)
+    return _with_tail(torch.cat(outs), layout)  # (N, H, D)
+
+
+def _with_tail(out: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """The real tokens' outputs plus zeros for the padding segment's tokens."""
+    missing = len(layout.indices) - len(out)
+    return F.pad(out, (0, 0, 0, 0, 0, missing)) if missing else out
+
+
+def attention_grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, *, dropout_p: float,
+    scale: float | None
+) -> torch.Tensor:
+    """Varlen attention on a CPU: sequences of similar length padded into one batch per group
+    (`AttentionLayout.length_groups`): few calls, little padding. Each group runs
+    `dense_attention` in the compute dtype."""
+    parts, positions = [], []
+    for group in layout.length_groups:
+        if group.span is not None:
+            a, b = group.span
+            qs, ks, vs = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))  # (1, H, length, D)
+            parts.append(dense_attention(qs, ks, vs, None, dropout_p=dropout_p, scale=scale)[0].transpose(0, 1))
+            positions.append(torch.arange(a, b))
+            continue
+        g, width = group.count, group.width
+        grid = [_scatter_rows(t.index_select(0, group.positions), group.slots, g * width, 0.0)
+                .unflatten(0, (g, width)).transpose(1, 2) for t in (q, k, v)]  # (g, H, width, D)
+        out = dense_attention(*grid, group.key_mask, dropout_p=dropout_p, scale=scale)
+        parts.append(out.transpose(1, 2).flatten(0, 1).index_select(0, group.slots))
+        positions.append(group.positions)
+    out = _scatter_rows(torch.cat(parts), torch.cat(positions), len(q), 0.0)
+    return out
+
+
+def dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, *, dropout_p: float,
+    scale: float | None
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v on (G, H, L, D), written out in the inputs' dtype:
+    bf16 stays bf16 (sdpa's math path, the only one with dropout on a CPU, upcasts to fp32),
+    softmax accumulates in fp32 inside its kernel, and dropout uses a cheap mask."""
+    G, H, L, D = q.shape
+    scale = D**-0.5 if scale is None else scale
+    qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (G * H, L, D)
+    if key_mask is None:
+        scores = torch.baddbmm(qf.new_empty(()), qf, kf.transpose(1, 2), beta=0.0, alpha=scale)
+    else:
+        bias = torch.zeros(key_mask.shape, dtype=q.dtype).masked_fill_(~key_mask, float("-inf"))
+        bias = bias.expand(G, H, 1, L).reshape(G * H, 1, L)
+        scores = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)  # (G * H, L, L)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        probs = probs * dropout_mask(probs, dropout_p)
+    return torch.bmm(probs, vf).unflatten(0, (G, H))
+
+
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout mask for `x`, already scaled: 0 with probability p, else 1 / (1 - p), in x's dtype."""
+    keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+    return keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def causal_attention(
