@@ -131,14 +131,16 @@ def test_lamb_state_dict_round_trip_continues_identically():
 
 # ----------------------------------------------------------------------------- build_optimizer
 
-def test_adamw_path_equals_torch_adamw():
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_path_equals_torch_adamw(fused):
+    """Fused (one kernel per parameter, on CPUs too) or foreach, the update is torch's reference AdamW."""
     args = TrainingArguments(optim="adamw", learning_rate=1e-3, weight_decay=0.01, layerwise_lr_decay=0.8,
                              adam_beta1=0.85, adam_beta2=0.99, adam_epsilon=1e-7)
     model = tiny_bert()
     reference_model = copy.deepcopy(model)
-    opt = build_optimizer(model, args, HardwareProfile(fused_optimizer=True))  # CPU params: foreach
+    opt = build_optimizer(model, args, HardwareProfile(fused_optimizer=fused))
     assert isinstance(opt, torch.optim.AdamW)
-    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    assert bool(opt.defaults["fused"]) is fused and bool(opt.defaults["foreach"]) is not fused
     reference = torch.optim.AdamW(
         param_groups(reference_model, learning_rate=1e-3, weight_decay=0.01, layerwise_lr_decay=0.8),
         lr=1e-3, betas=(0.85, 0.99), eps=1e-7, foreach=False)

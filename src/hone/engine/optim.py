@@ -220,7 +220,7 @@ OPTIMIZERS = ("adamw", "lamb", "sgd", "adafactor")
 
 def build_optimizer(model: nn.Module, args: TrainingArguments, profile: HardwareProfile) -> torch.optim.Optimizer:
     """The optimiser `args` (transformers' names) ask for, over `param_groups(model, ...)`:
-    AdamW (torch's, fused where the profile says and the device allows), LAMB, SGD or Adafactor."""
+    AdamW (torch's, fused where the profile says: on CUDA and on CPUs), LAMB, SGD or Adafactor."""
     name = args.optimizer_name
     if name not in OPTIMIZERS:
         raise OptimizerConfigError(
@@ -237,11 +237,18 @@ def build_optimizer(model: nn.Module, args: TrainingArguments, profile: Hardware
         return torch.optim.SGD(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     if name == "adafactor":
         return torch.optim.Adafactor(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    fused = profile.fused_optimizer and on_cuda
+    fused = profile.fused_optimizer and _fused_adamw_supported(groups)
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
                              weight_decay=args.weight_decay,
                              fused=True if fused else None, foreach=None if fused else True)
+
+
+def _fused_adamw_supported(groups: list[dict]) -> bool:
+    """torch's fused AdamW: one kernel per parameter for the whole update, on CUDA and on CPUs
+    (floating parameters, all on one device type)."""
+    params = [p for g in groups for p in g["params"]]
+    return (len({p.device.type for p in params}) == 1 and params[0].device.type in ("cuda", "cpu")
+            and all(p.is_floating_point() for p in params))
 
 
 def warmup_steps_for(args: TrainingArguments, num_training_steps: int) -> int:
