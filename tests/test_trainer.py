@@ -437,3 +437,14 @@ def test_metric_for_best_model_must_exist(tmp_path):
     trainer = Trainer(Regressor(), args, CPU, RegressionData(), collate, eval_fn=lambda m: {"eval_exact": 1.0})
     with pytest.raises(HoneError, match="'eval_f1' is not among this task's evaluation metrics .*eval_exact"):
         trainer.train()
+
+
+def test_loader_workers_default_one_worker_where_there_are_cpus(monkeypatch):
+    """By default collation runs in one worker process beside the step where the process has
+    two or more CPUs; an explicit count is capped at the CPUs; 0 keeps it in-process."""
+    from hone.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert [trainer_module.loader_workers(n) for n in (None, 0, 1, 8)] == [1, 0, 1, 2]
+    monkeypatch.setattr(trainer_module.os, "sched_getaffinity", lambda pid: {0})
+    assert trainer_module.loader_workers(None) == 0
