@@ -295,7 +295,7 @@ def test_train_metrics_and_files(tmp_path):
     train_records = [r for r in log if "loss" in r]
     assert [r["step"] for r in train_records] == [3, 6, 9, 12, 15, 16]
     assert set(train_records[0]) == {"step", "epoch", "loss", "learning_rate", "grad_norm",
-                                     "samples_per_second", "skipped_steps"}
+                                     "samples_per_second", "skipped_steps", "peak_memory_mb"}
     assert train_records[0]["epoch"] == pytest.approx(12 / 30, abs=1e-4)
     # train_loss is the mean step loss: the window means weighted by window length
     windows = [3, 3, 3, 3, 3, 1]
@@ -448,3 +448,15 @@ def test_loader_workers_default_one_worker_where_there_are_cpus(monkeypatch):
     assert [trainer_module.loader_workers(n) for n in (None, 0, 1, 8)] == [1, 0, 1, 2]
     monkeypatch.setattr(trainer_module.os, "sched_getaffinity", lambda pid: {0})
     assert trainer_module.loader_workers(None) == 0
+
+
+def test_log_records_report_peak_resident_memory(tmp_path):
+    """Every training record carries the process's peak resident memory (VmHWM on Linux),
+    which the kernel also reports: the figure is the process's own, not an estimate."""
+    from hone.engine.host_memory import resident_bytes
+
+    Trainer(tiny_bert_qa(), make_args(tmp_path, max_steps=2), CPU, QADataset(), collate).train()
+    records = [r for r in read_log(tmp_path) if "loss" in r]
+    peak_now = resident_bytes("VmHWM") / 2**20
+    assert records and all(0 < r["peak_memory_mb"] <= peak_now + 0.1 for r in records)
+    assert records[-1]["peak_memory_mb"] >= records[0]["peak_memory_mb"]

@@ -1,4 +1,4 @@
-"""Hand freed host memory back to the operating system while training on a CPU.
+"""Host memory while training on a CPU: handing freed pages back, and the peaks the log reports.
 
 Batches of varying shape (dynamic padding, unpadded tokens) fragment glibc's heap: the
 activations of one step are freed, but the next step's differently sized ones do not fit
@@ -44,3 +44,13 @@ def resident_bytes(field: str = "VmHWM") -> int | None:
     except OSError:
         return None
     return None
+
+
+def peak_memory_bytes(device) -> int | None:
+    """The run's peak memory so far, for its log: on CUDA the tensors' peak on the device
+    (`max_memory_allocated`), elsewhere the process's peak resident memory (VmHWM)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resident_bytes("VmHWM")

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from hone.config import TrainingArguments, effective_batch_sizes, validate_training_args
 from hone.engine import checkpointing, distributed
-from hone.engine.host_memory import release_free_host_memory
+from hone.engine.host_memory import peak_memory_bytes, release_free_host_memory
 from hone.engine.optim import build_optimizer, build_scheduler
 from hone.engine.output_dir import TRAINING_OUTPUTS, OutputDir, json_default
 from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
@@ -332,10 +332,10 @@ class Trainer:
     `save_extras(folder)` adds the tokenizer) as --save_strategy says and at the end, the final
     model, log.jsonl (per logging step: step, epoch, loss = mean step loss since the previous
     record, learning_rate = the lr the step used, grad_norm before clipping, samples_per_second,
-    skipped_steps; eval records carry the eval metrics instead), TensorBoard events
-    (--report_to tensorboard) and loss_curve.png. `run_config` (the settings that shape
-    training) is stored in every checkpoint; a resume from a checkpoint of another
-    configuration is refused unless args.ignore_checkpoint_mismatch.
+    skipped_steps, peak_memory_mb: peak resident memory on CPUs, peak tensor memory on CUDA;
+    eval records carry the eval metrics instead), TensorBoard events (--report_to tensorboard)
+    and loss_curve.png. `run_config` (the settings that shape training) is stored in every
+    checkpoint; a resume from a checkpoint of another configuration is refused unless args.ignore_checkpoint_mismatch.
     """
 
     def __init__(self, model: nn.Module, args: TrainingArguments, profile: HardwareProfile,
@@ -661,6 +661,9 @@ class Trainer:
             "samples_per_second": round(self._window_samples / max(now - self._window_start, 1e-9), 3),
             "skipped_steps": state.skipped_steps,
         }
+        peak = peak_memory_bytes(self.dist.device)
+        if peak is not None:
+            record["peak_memory_mb"] = round(peak / 2**20, 1)
         self._window_loss.zero_()
         self._window_first, self._window_samples, self._window_start = state.global_step, 0, now
         if self.is_main:
