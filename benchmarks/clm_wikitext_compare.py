@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from compare_common import HERE, RESULTS, environment, run_systems, write_result
+from compare_common import HERE, RESULTS, comparison_arguments, environment, run_systems, write_result
 from pretrain_two_phase import DATA, plot, read_log, results, run_hone
 
 from hone.data.tokenizer import load_tokenizer
@@ -79,15 +79,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--warmup_ratio", type=float, default=0.05)
     p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=42)
+    comparison_arguments(p)
     p.add_argument("--logging_steps", type=int, default=10)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--text_lines", type=int, help="Use only the first N lines of each file (a quick check).")
     p.add_argument("--max_steps", type=int, help="Stop training after N steps (a quick check, or to time steps).")
     p.add_argument("--max_eval_samples", type=int, help="Evaluate only the first N blocks (a quick check).")
-    p.add_argument("--systems", default="hone,transformers")
-    p.add_argument("--parallel", action="store_true",
-                   help="run both at once, one core and one thread each (same conditions, half the wall time)")
     p.add_argument("--tiny", action="store_true", help="Tiny sizes (overriding the flags) to check the path.")
     a = p.parse_args(argv)
     size = {**vars(a), **(TINY if a.tiny else {})}

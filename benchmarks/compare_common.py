@@ -1,9 +1,11 @@
-"""What the side-by-side comparisons (qa_squad_compare.py, glue_sst2_compare.py) and their
+"""What the evidence scripts (the qa, glue and clm comparisons, the pre-training runs) and their
 transformers baselines share: starting and timing each system as a process, the baselines'
 Trainer settings, and the record of the machine and versions (hone.reporting's)."""
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -69,6 +71,27 @@ def trainer_arguments(output_dir: str, *, batch_size: int, eval_batch_size: int,
         warmup_steps=warmup_ratio, lr_scheduler_type="linear", seed=seed, bf16=bf16,
         use_cpu=not torch.cuda.is_available(), logging_steps=logging_steps, save_strategy="no", eval_strategy="no",
         report_to="none", disable_tqdm=False)
+
+
+def comparison_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every hone-vs-transformers comparison takes: seed, precision, which systems,
+    and --parallel."""
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--systems", default="hone,transformers")
+    p.add_argument("--parallel", action="store_true",
+                   help="run both at once, one core and one thread each (same conditions, half the wall time)")
+
+
+def setup_run(args: argparse.Namespace, tiny: dict, stem: str) -> tuple[dict, Path, Path]:
+    """(sizes: the flags, or the --tiny ones; the work folder, created; the result file:
+    --out or results/STEM-<hardware>-<date>.json) of an evidence script."""
+    size = {**vars(args), **(tiny if args.tiny else {})}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or RESULTS / f"{stem}-{args.hardware}-{datetime.date.today().isoformat()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return size, work, out
 
 
 def write_result(result: dict, target: Path) -> None:

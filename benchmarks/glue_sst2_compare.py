@@ -20,7 +20,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from compare_common import HERE, RESULTS, environment, run_systems, write_result
+from compare_common import HERE, RESULTS, comparison_arguments, environment, run_systems, write_result
 
 
 def main() -> None:
@@ -36,9 +36,7 @@ def main() -> None:
     p.add_argument("--warmup_ratio", type=float, default=0.06)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    p.add_argument("--systems", default="hone,transformers")
+    comparison_arguments(p)
     p.add_argument("--hone_mode", choices=["unpadded", "packed"], default="unpadded",
                    help="hone's training batches: unpadded rows (the cpu profiles' default) or packed rows")
     p.add_argument("--baseline_padding", choices=["max_length", "dynamic"], default="dynamic",
@@ -46,8 +44,6 @@ def main() -> None:
     p.add_argument("--max_train_samples", type=int)
     p.add_argument("--max_eval_samples", type=int)
     p.add_argument("--max_steps", type=int, default=-1)
-    p.add_argument("--parallel", action="store_true",
-                   help="run both at once, one core and one thread each (same conditions, half the wall time)")
     a = p.parse_args()
 
     work = Path(a.work_dir)

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from compare_common import RESULTS, environment, write_result
+from compare_common import environment, setup_run, write_result
 from pretrain_two_phase import DATA, falls, plot, read_log, results, run_hone
 
 TINY = dict(text_chars=40_000, steps=4, batch=4, eval_every=2, eval_samples=16)
@@ -50,12 +50,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tiny", action="store_true", help="Tiny sizes (overriding the flags) to check the path.")
     p.add_argument("--out", help="JSON report (default benchmarks/results/pretrain-minilm-mlm-<hardware>-<date>.json).")
     args = p.parse_args(argv)
-    size = {**vars(args), **(TINY if args.tiny else {})}
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    out = Path(args.out or RESULTS / f"pretrain-minilm-mlm-{args.hardware}-{date}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    size, work, out = setup_run(args, TINY, "pretrain-minilm-mlm")
     texts = {"train": Path(args.wikitext) / "wiki.valid.raw", "held_out": Path(args.wikitext) / "wiki.test.raw"}
     if size["text_chars"]:
         for split, path in texts.items():
@@ -85,7 +80,7 @@ def main(argv: list[str]) -> int:
          {"eval_mlm_loss": "MLM loss"}, figure, "all-MiniLM-L6-v2 (new MLM head): continued MLM on WikiText-2")
     report = {
         "benchmark": "hone pretrain: continued MLM of all-MiniLM-L6-v2 (MLM head added) on raw WikiText-2",
-        "command": shlex.join(["python", "benchmarks/pretrain_minilm_mlm.py", *argv]), "date": date,
+        "command": shlex.join(["python", "benchmarks/pretrain_minilm_mlm.py", *argv]), "date": datetime.date.today().isoformat(),
         "provisional": "timings on a shared 2-core CPU; the learning results do not depend on it",
         **environment(), "settings": size, "steps": steps,
         "eval_curve": curve, "train_loss_curve": {"step": [r["step"] for r in training],

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from compare_common import HERE, RESULTS, environment, finish, start, write_result
+from compare_common import HERE, environment, finish, setup_run, start, write_result
 
 from hone.cli import SUBCOMMANDS
 
@@ -139,12 +139,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", help="JSON report (default benchmarks/results/pretrain-two-phase-<hardware>-<date>.json); "
                                  "the plot goes beside it.")
     args = p.parse_args(argv)
-    size = {**vars(args), **(TINY if args.tiny else {})}
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    out = Path(args.out or RESULTS / f"pretrain-two-phase-{args.hardware}-{date}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    size, work, out = setup_run(args, TINY, "pretrain-two-phase")
     started = time.perf_counter()
 
     # 1. data: training text and held-out text, at both lengths
@@ -223,7 +218,7 @@ def main(argv: list[str]) -> int:
 
     report = {
         "benchmark": "hone pretrain: two-phase BERT pre-training on WikiText-2, then SST-2 against random weights",
-        "command": shlex.join(["python", "benchmarks/pretrain_two_phase.py", *argv]), "date": date,
+        "command": shlex.join(["python", "benchmarks/pretrain_two_phase.py", *argv]), "date": datetime.date.today().isoformat(),
         "provisional": "timings on a shared 2-core CPU; the learning results do not depend on it",
         **environment(), "settings": size, "data": data, "steps": steps,
         "phases": phases, "sst2": fine_tuning, "plot": figure.name,

@@ -21,7 +21,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from compare_common import HERE, RESULTS, environment, run_systems, write_result
+from compare_common import HERE, RESULTS, comparison_arguments, environment, run_systems, write_result
 
 KEYS = ["exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1",
         "best_f1_thresh"]
@@ -36,13 +36,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    p.add_argument("--systems", default="hone,transformers")
+    comparison_arguments(p)
     p.add_argument("--baseline_padding", choices=["max_length", "dynamic"], default="max_length",
                    help="run_qa pads every window to max_seq_length by default; 'dynamic' is its faster option")
-    p.add_argument("--parallel", action="store_true",
-                   help="run both at once, one core and one thread each (same conditions, half the wall time)")
     a = p.parse_args()
 
     work = Path(a.work_dir)

@@ -38,3 +38,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("data tests skipped although ../shared/data is present", sep="!")
         for nodeid in _skipped_data_tests:
             terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, which never waits on a busy second core
+    (a module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -34,6 +34,9 @@ NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def sentences(n: int, seed: int) -> list[str]:
     """Lines of a tiny grammar (80 sentences): easy to learn, far from uniform."""
     g = random.Random(seed)
@@ -85,15 +88,6 @@ def results(folder: Path, split: str = "all") -> dict:
 
 def common(out: Path) -> list[str]:
     return ["--hardware", "cpu", "--disable_tqdm", "--save_steps", "-1", "--output_dir", str(out)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, which never waits on a busy second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ RECIPE = Recipe(
     name="clm", description="Train and evaluate a causal language model (GPT-2) on raw text: loss and perplexity.",
     model_task="clm", task_title="Causal Language Modeling", task_type="text-generation",
     data_help="raw text (a sample per line, or per file with --sample_by document) or JSON Lines with a text field",
-    index_metrics={"perplexity": "perplexity", "loss": "eval_loss"})
+    index_metrics={"perplexity": "perplexity", "loss": "eval_loss"},
+    no_predict="--do_eval scores --validation_file; hone generate continues prompts")
 SPLIT_NAMES = {"train_file": ("train",), "validation_file": ("valid", "dev")}  # --dataset_name folders' files
 
 
@@ -100,9 +101,6 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
     """`hone clm` from Python: returns the run's metrics; raises HoneError on user errors."""
     with Run.start(RECIPE, argv, ClmArguments, on_evaluate=on_evaluate) as job:
         t, a = job.task_args, job.args
-        if a.do_predict:
-            raise ClmDataError("hone clm has no prediction phase: drop --do_predict (--do_eval scores "
-                               "--validation_file; hone generate continues prompts)")
         t.block_size = t.max_seq_length = block_size(job)
         job.output.write_record(settings={**dataclasses.asdict(a), **dataclasses.asdict(t)})
         train_texts, eval_texts = read_splits(t, training=a.do_train, evaluating=a.do_eval)

@@ -40,7 +40,8 @@ RECIPE = Recipe(
     model_task="pretraining", task_title="Pre-training (masked LM + next sentence prediction)",
     task_type="fill-mask", data_help="a folder written by hone prepare-pretraining, or a raw text file",
     index_metrics={"mlm_accuracy": "eval_mlm_accuracy", "nsp_accuracy": "eval_nsp_accuracy",
-                   "perplexity": "eval_perplexity"}, eval_files=(PLOT,))
+                   "perplexity": "eval_perplexity"}, eval_files=(PLOT,),
+    no_predict="--do_eval scores the held-out data")
 RECIPES = {"mlm_nsp": RECIPE,
            "mlm": dataclasses.replace(RECIPE, model_task="mlm", task_title="Masked Language Modeling")}
 DEFAULT_MASKING = {"policy": "per_token", "masked_lm_prob": 0.15}  # run_mlm's dynamic masking
@@ -98,9 +99,6 @@ def run(argv: list[str], *, on_evaluate=None) -> dict:
     """`hone pretrain` from Python: returns the run's metrics; raises HoneError on user errors."""
     with Run.start(RECIPE, argv, PretrainArguments, on_evaluate=on_evaluate) as job:
         t, a = job.task_args, job.args
-        if a.do_predict:
-            raise PretrainDataError("hone pretrain has no prediction phase: drop --do_predict (--do_eval scores "
-                                    "the held-out data)")
         hold_out = bool(t.train_file) and Path(t.validation_file or "").resolve() == Path(t.train_file).resolve()
         train = held_out = None
         if t.train_file and (a.do_train or (a.do_eval and hold_out)):

@@ -64,6 +64,7 @@ class Recipe:
     index_metrics: Mapping[str, str] = dataclasses.field(default_factory=dict)  # card: name -> eval key
     eval_files: tuple[str, ...] = ()     # files evaluation writes besides eval_results.json
     predict_files: tuple[str, ...] = ()  # files prediction writes besides predict_results.json
+    no_predict: str | None = None        # a task without a prediction phase: what to use instead
 
 
 @dataclass
@@ -153,6 +154,8 @@ class Run:
         a, t, r = self.args, self.task_args, self.recipe
         if not (a.do_train or a.do_eval or a.do_predict):
             raise RunSetupError(f"nothing to do: pass --do_train, --do_eval and/or --do_predict (hone {r.name} --help)")
+        if a.do_predict and r.no_predict:
+            raise RunSetupError(f"hone {r.name} has no prediction phase: drop --do_predict ({r.no_predict})")
         if not (t.model_name_or_path or t.config_name):
             raise RunSetupError("give --model_name_or_path (a checkpoint folder) or --config_name "
                                 "(a config.json, its folder or a preset name, to start from fresh weights)")
