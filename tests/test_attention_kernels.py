@@ -129,6 +129,7 @@ def test_kernel_resolution_and_names():
     with pytest.raises(LayoutError, match="not one of auto, flash, sdpa, math"):
         attention_kernel("varlen", "cpu", torch.float32)
     assert effective_attention(resolve_profile("cpu-bf16")).startswith("sdpa (CPU: sequences grouped by length")
+    assert effective_attention(resolve_profile("cpu")).startswith("sdpa (CPU: one call per sequence")
     gpu = resolve_profile("h100", check_device=False)
     if not torch.cuda.is_available():
         assert effective_attention(gpu).startswith("sdpa")  # no flash kernel on this machine
@@ -331,3 +332,13 @@ def test_grouped_attention_equals_per_sequence_softmax():
     expected = torch.cat([torch.nn.functional.scaled_dot_product_attention(
         *(t[a:b].transpose(0, 1) for t in (q, k, v))).transpose(0, 1) for a, b in zip(cu[:-1], cu[1:])])
     assert (attention(q, k, v, layout) - expected).abs().max() < 1e-6
+
+
+def test_cpu_varlen_attention_by_dtype():
+    """On a CPU, fp32 varlen batches attend one sequence at a time and bf16/fp16 ones in
+    length groups: the faster of the two for each (benchmarks/results/cpu-attention-ab-qa-minilm.json)."""
+    from hone.models import padding
+
+    assert padding.cpu_varlen_attention(torch.float32) is padding.attention_per_sequence
+    assert padding.cpu_varlen_attention(torch.bfloat16) is padding.attention_grouped
+    assert padding.cpu_varlen_attention(torch.float16) is padding.attention_grouped

@@ -20,8 +20,8 @@ from hone.hardware import (
 GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="flash", unpad=True,
            fused_optimizer=True, pin_memory=True)
 EXPECTED = {
-    "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=False),
-    "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True),
+    "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=True),
+    "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True, fused_optimizer=True),
     "a100": GPU,
     "h100": GPU,
 }

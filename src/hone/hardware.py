@@ -267,7 +267,7 @@ def effective_attention(profile: HardwareProfile) -> str:
     from hone.models.padding import attention_kernel, describe_kernel
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(profile.precision, torch.float32)
-    return describe_kernel(attention_kernel(profile.attention, profile.device, dtype), profile.device)
+    return describe_kernel(attention_kernel(profile.attention, profile.device, dtype), profile.device, dtype)
 
 
 # ----------------------------------------------------------------------------- resolution

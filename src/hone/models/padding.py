@@ -30,8 +30,10 @@ Attention kernels (`KERNELS`, the hardware profile's `attention` field, set on a
   `torch.nn.attention.varlen.varlen_attn`, which exposes no dropout). Elsewhere: sdpa.
 - sdpa: scaled_dot_product_attention over sequences padded to a common length with a key
   mask: on CUDA one call over all sequences (torch picks its efficient or math backend); on a
-  CPU, sequences of similar length grouped into a few calls, in the compute dtype with a
-  cheap dropout mask (`attention_grouped`; sdpa's math path would upcast bf16 to fp32).
+  CPU in bf16/fp16, sequences of similar length grouped into a few calls, in the compute dtype
+  with a cheap dropout mask (`attention_grouped`; sdpa's math path would upcast bf16 to fp32);
+  on a CPU in fp32 (and for causal sequences), one sdpa call per sequence on its own tokens
+  (`attention_per_sequence`): whichever measured faster (`cpu_varlen_attention`).
 - math: the same padded grid through sdpa's math backend only (the reference).
 - auto: flash where it runs, else sdpa.
 
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -85,8 +87,8 @@ def attention_kernel(requested: str, device: torch.device | str, dtype: torch.dt
     return "sdpa"
 
 
-def describe_kernel(kernel: str, device: torch.device | str) -> str:
-    """What a resolved kernel does on `device`, for reports and logs."""
+def describe_kernel(kernel: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """What a resolved kernel does on `device` in the compute `dtype`, for reports and logs."""
     device = torch.device(device)
     if kernel == "flash":
         return "flash (torch varlen flash kernel on the token stream, dropout in the kernel)"
@@ -94,6 +96,8 @@ def describe_kernel(kernel: str, device: torch.device | str) -> str:
         return "math (sdpa math backend on sequences padded to the longest)"
     if device.type == "cuda":
         return "sdpa (one call on sequences padded to the longest, key mask)"
+    if cpu_varlen_attention(dtype) is attention_per_sequence:
+        return "sdpa (CPU: one call per sequence, on its own tokens)"
     return "sdpa (CPU: sequences grouped by length, one call per group, compute dtype)"
 
 
@@ -474,7 +478,15 @@ def attention(
         return attention_on_grid(q, k, v, layout, dropout_p=dropout_p, scale=scale)
     if layout.causal:
         return attention_per_sequence(q, k, v, layout, dropout_p=dropout_p, scale=scale)
-    return attention_grouped(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+    return cpu_varlen_attention(q.dtype)(q, k, v, layout, dropout_p=dropout_p, scale=scale)
+
+
+def cpu_varlen_attention(dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """The faster way to attend over a varlen batch on a CPU, by compute dtype: bf16/fp16 in
+    length groups (few calls, kept in the low precision), fp32 one sequence at a time (sdpa's
+    own kernel, no padding). Measured on MiniLM QA training steps:
+    benchmarks/results/cpu-attention-ab-qa-minilm.json (benchmarks/cpu_attention_ab.py)."""
+    return attention_per_sequence if dtype == torch.float32 else attention_grouped
 
 
 def attention_flash(
