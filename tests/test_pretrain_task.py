@@ -158,7 +158,8 @@ def test_mlm_only_from_raw_text_masks_every_epoch_afresh(corpus, tmp_path, monke
     metrics = pretrain.run(["--model_name_or_path", str(bare), "--train_file", str(corpus / "corpus.txt"),
                             "--max_seq_length", "48", "--num_train_epochs", "3", "--per_device_train_batch_size", "8",
                             "--learning_rate", "3e-3", "--logging_steps", "2", "--do_eval",
-                            "--validation_split_percentage", "10", *common(out)])
+                            "--validation_split_percentage", "10", "--dataloader_num_workers", "0",  # the spy's process
+                            *common(out)])
     assert set(metrics) >= {"eval_mlm_loss", "eval_mlm_accuracy", "eval_perplexity", "eval_loss"}
     assert "eval_nsp_loss" not in metrics and metrics["eval_loss"] == metrics["eval_mlm_loss"]
     losses = train_losses(out)
