@@ -439,17 +439,6 @@ def test_metric_for_best_model_must_exist(tmp_path):
         trainer.train()
 
 
-def test_loader_workers_default_one_worker_where_there_are_cpus(monkeypatch):
-    """By default collation runs in one worker process beside the step where the process has
-    two or more CPUs; an explicit count is capped at the CPUs; 0 keeps it in-process."""
-    from hone.engine import trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert [trainer_module.loader_workers(n) for n in (None, 0, 1, 8)] == [1, 0, 1, 2]
-    monkeypatch.setattr(trainer_module.os, "sched_getaffinity", lambda pid: {0})
-    assert trainer_module.loader_workers(None) == 0
-
-
 def test_log_records_report_peak_resident_memory(tmp_path):
     """Every training record carries the process's peak resident memory (VmHWM on Linux),
     which the kernel also reports: the figure is the process's own, not an estimate."""

@@ -140,14 +140,6 @@ class StepBatchSampler(Sampler[list[int]]):
 
 # ----------------------------------------------------------------------------- helpers
 
-def loader_workers(requested: int | None) -> int:
-    """DataLoader worker processes: `requested`, at most the CPUs this process may use; by
-    default one where there are two or more, so that the next batches are read and collated
-    while the model steps (0: in the training process)."""
-    cpus = len(os.sched_getaffinity(0))
-    return min(requested, cpus) if requested is not None else int(cpus >= 2)
-
-
 def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> dict:
     """Tensors and objects that move like them (hone's VarlenMetadata: `.to(device, non_blocking)`)."""
     if not isinstance(batch, Mapping):
@@ -381,8 +373,8 @@ class Trainer:
             raise HoneError(
                 f"dataloader_drop_last with {len(train_dataset)} samples and a total batch of "
                 f"{self.global_batch_size} leaves no step; lower the batch size or turn off dataloader_drop_last.")
-        workers = loader_workers(args.dataloader_num_workers)
-        if args.dataloader_num_workers is not None and workers < args.dataloader_num_workers:
+        workers = min(args.dataloader_num_workers, len(os.sched_getaffinity(0)))
+        if workers < args.dataloader_num_workers:
             warnings.warn(f"--dataloader_num_workers {args.dataloader_num_workers}: this machine has {workers} "
                           f"CPU(s) for this process; using {workers} worker(s).", stacklevel=2)
         self.loader = DataLoader(
