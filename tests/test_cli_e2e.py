@@ -35,8 +35,11 @@ def hone(*args: str, timeout: float = 300, cwd: Path | None = None) -> subproces
 
 
 def start(*args: str) -> subprocess.Popen:
+    # SIGINT at its default in the child: a suite started in the background (`make test &`)
+    # ignores SIGINT, and children inherit that, so Ctrl-C would never reach hone.
     return subprocess.Popen([sys.executable, "-m", "hone", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def one_error_line(proc: subprocess.CompletedProcess, needle: str) -> str:
