@@ -264,9 +264,10 @@ def effective_attention(profile: HardwareProfile) -> str:
     GPU and fp16/bf16; elsewhere sdpa runs). For reports and the run's effective configuration."""
     import torch
 
+    from hone.engine.precision import autocast_dtype
     from hone.models.padding import attention_kernel, describe_kernel
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(profile.precision, torch.float32)
+    dtype = autocast_dtype(profile) or torch.float32
     return describe_kernel(attention_kernel(profile.attention, profile.device, dtype), profile.device, dtype)
 
 

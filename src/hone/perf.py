@@ -20,7 +20,6 @@ like with like; "useful" FLOPs are the same formula on each sample's real tokens
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import resource
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from hone.engine.host_memory import release_free_host_memory
 from hone.models.base import ModelConfig
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' data sheets.
@@ -134,10 +134,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = 0
             return
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back to the OS
-        except (OSError, AttributeError):
-            pass
+        release_free_host_memory()  # hand freed heap pages back to the OS
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
             self._start = _current_rss()

@@ -81,12 +81,13 @@ class Collator:
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         batch = pad_collate(rows, self.pad_token_id, self.pad_to_multiple_of)
-        mask = batch.get("attention_mask")
-        if mask is None:  # rows without a mask: every token of a row is real
-            lengths = torch.tensor([len(row["input_ids"]) for row in rows])
-            mask = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
-        if self.varlen and (self.bucket_tokens or not bool(mask.all())):
-            batch["varlen"] = VarlenMetadata.from_mask(mask, bucket_tokens=self.bucket_tokens)
+        if self.varlen:
+            mask = batch.get("attention_mask")
+            if mask is None:  # rows without a mask: every token of a row is real
+                lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+                mask = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
+            if self.bucket_tokens or not bool(mask.all()):
+                batch["varlen"] = VarlenMetadata.from_mask(mask, bucket_tokens=self.bucket_tokens)
         if "attention_mask" in batch and bool(batch["attention_mask"].all()):
             del batch["attention_mask"]
         return batch

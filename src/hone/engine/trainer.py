@@ -327,7 +327,8 @@ class Trainer:
     skipped_steps, peak_memory_mb: peak resident memory on CPUs, peak tensor memory on CUDA;
     eval records carry the eval metrics instead), TensorBoard events (--report_to tensorboard)
     and loss_curve.png. `run_config` (the settings that shape training) is stored in every
-    checkpoint; a resume from a checkpoint of another configuration is refused unless args.ignore_checkpoint_mismatch.
+    checkpoint; a resume from a checkpoint of another configuration is refused unless
+    args.ignore_checkpoint_mismatch.
     """
 
     def __init__(self, model: nn.Module, args: TrainingArguments, profile: HardwareProfile,
