@@ -77,21 +77,23 @@ def torch_outputs(model, batch: dict[str, np.ndarray], names: list[str]) -> list
 @pytest.mark.parametrize("model_type,task", [("bert", "qa"), ("bert", "classification"), ("roberta", "mlm"),
                                              ("roberta", "qa"), ("gpt2", "clm"), ("gpt2", "classification")])
 def test_fp32_round_trip_matches_pytorch(tmp_path, model_type, task):
+    """The plain graph and the fused one (--optimize) alike."""
     folder = make_folder(tmp_path, model_type, task)
-    report = export_onnx(folder, task, tmp_path / "out")
-    assert report["variants"]["fp32"]["passed"] is True
-    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == list(model_input_names(model_type))
-    assert all(i.shape == ["batch", "sequence"] for i in session.get_inputs())  # both axes dynamic
-    assert [o.name for o in session.get_outputs()] == OUTPUTS[task]
+    report = export_onnx(folder, task, tmp_path / "out", optimize=True)
+    assert report["variants"]["fp32"]["passed"] is True and report["variants"]["optimized"]["passed"] is True
     model = load_model(folder, task).eval()
     pad = model.config.pad_token_id
-    for batch in padded_batches(model_type, model.config.vocab_size, pad):
-        expected = torch_outputs(model, batch, OUTPUTS[task])
-        got = session.run(OUTPUTS[task], batch)
-        for e, g in zip(expected, got):
-            assert e.shape == g.shape
-            np.testing.assert_allclose(g, e, rtol=0, atol=1e-4)
+    for kind in ("fp32", "optimized"):
+        session = ort.InferenceSession(str(tmp_path / "out" / ONNX_FILES[kind]), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == list(model_input_names(model_type))
+        assert all(i.shape == ["batch", "sequence"] for i in session.get_inputs())  # both axes dynamic
+        assert [o.name for o in session.get_outputs()] == OUTPUTS[task]
+        for batch in padded_batches(model_type, model.config.vocab_size, pad):
+            expected = torch_outputs(model, batch, OUTPUTS[task])
+            got = session.run(OUTPUTS[task], batch)
+            for e, g in zip(expected, got):
+                assert e.shape == g.shape
+                np.testing.assert_allclose(g, e, rtol=0, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,9 @@ def test_report_and_folder_hold_what_they_promise(qa_export):
         assert variant["file"] == ONNX_FILES[kind]
         assert set(variant["max_abs_diff"]) == {"start_logits", "end_logits"}
     assert report["variants"]["optimized"]["passed"] is True
-    assert report["optimizer_fused_ops"].get("SkipLayerNormalization", 0) > 0
+    fused = report["optimizer_fused_ops"]
+    assert fused.get("SkipLayerNormalization", 0) > 0
+    assert fused.get("MultiHeadAttention", 0) == 2  # one per layer: attention runs in onnxruntime's fused kernel
     assert json.loads((out / "config.json").read_text()) == json.loads((folder / "config.json").read_text())
     assert load_tokenizer(out).encode("abc d").ids == load_tokenizer(folder).encode("abc d").ids
 

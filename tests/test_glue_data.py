@@ -21,6 +21,7 @@ from hone.data.glue import (
     load_user_files,
     read_glue_file,
 )
+from hone.errors import HoneError
 from paths import DATA
 
 # Label names in GLUE's order (transformers' GLUE processors, get_labels()); None: regression.
@@ -370,3 +371,35 @@ def test_real_sst2_dev_rows_and_regression_labels(tmp_path):
     stsb = load_glue("stsb", write_glue_folder(tmp_path, "stsb"), kinds=("train",))
     stsb.tokenize(load_tokenizer(folder), 32)
     assert stsb.splits["train"].rows[0]["labels"].dtype == np.float32
+
+
+def test_text_tables_for_inference_find_glue_named_columns(tmp_path):
+    """What `hone predict`, `hone bench infer` and export validation read: the first GLUE-named
+    text column (or pair) of a table, labels as written when there are any, else lines of text."""
+    from hone.export.inputs import read_texts
+
+    qqp = tmp_path / "pairs.tsv"
+    qqp.write_text('id\tquestion1\tquestion2\tlabel\n1\tHow "old" is it?\tIts age?\t1\n2\tWhy?\tWhy not?\t0\n')
+    assert read_texts(qqp) == (['How "old" is it?', "Why?"], ["Its age?", "Why not?"], ["1", "0"])
+    csv_file = tmp_path / "texts.csv"
+    csv_file.write_text('text,other\n"a, b",x\nc,y\n')
+    assert read_texts(csv_file) == (["a, b", "c"], None, None)
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"premise": "p1", "hypothesis": "h1"}\n\n{"premise": "p2", "hypothesis": "h2"}\n')
+    assert read_texts(jsonl) == (["p1", "p2"], ["h1", "h2"], None)
+    lines = tmp_path / "lines.txt"
+    lines.write_text("first\n\n  \nsecond\n")
+    assert read_texts(lines) == (["first", "second"], None, None)
+
+    no_text = tmp_path / "nope.tsv"
+    no_text.write_text("a\tb\n1\t2\n")
+    with pytest.raises(GlueDataError, match=r"nope.tsv, line 1: the columns \['a', 'b'\] name no text column"):
+        read_texts(no_text)
+    short = tmp_path / "short.tsv"
+    short.write_text("sentence\tlabel\nfine\t1\nbroken\n")
+    with pytest.raises(GlueDataError, match=r"short.tsv, line 3: 1 tab-separated fields where the header has 2"):
+        read_texts(short)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(HoneError, match="empty.txt: holds no text"):
+        read_texts(empty)

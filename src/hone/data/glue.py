@@ -52,12 +52,15 @@ from hone.data.tokenizer import HoneTokenizer
 from hone.errors import HoneError
 
 __all__ = ["GLUE_TASKS", "EncodedRows", "GlueData", "GlueDataError", "GlueTask", "Split", "encode_split",
-           "load_data_file", "load_glue", "load_user_files", "read_glue_file"]
+           "load_data_file", "load_glue", "load_user_files", "read_glue_file", "read_text_table"]
 
 BadRows = Literal["error", "skip"]
 KINDS = ("train", "validation", "test")
 ENCODE_BATCH = 2000  # examples per encode_batch call (one progress-bar step)
 INDEX_COLUMNS = ("index", "idx", "id")  # a user file's example index column, first found
+# text columns as GLUE's tasks name them, sentence pairs first (read_text_table looks for them)
+TEXT_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
+                ("premise", "hypothesis"), ("sentence",), ("text",))
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -286,21 +289,10 @@ class _RawFile:
 
 
 def _read_user_file(path: str | Path, split: str, *, text_column_names: Sequence[str] | None = None,
-                   label_column_name: str = "label", index_column_name: str | None = None) -> _RawFile:
+                    label_column_name: str = "label", index_column_name: str | None = None) -> _RawFile:
     """A user file by its extension: .csv, .tsv, .jsonl / .json (JSON Lines)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".tsv":
-        lines = _tsv_lines(path)
-        header = next(lines, (1, []))[1]
-        records = _tsv_records(lines, header)
-    elif suffix == ".csv":
-        header, records = _csv_records(path)
-    elif suffix in (".jsonl", ".json"):
-        header, records = _jsonl_records(path)
-    else:
-        raise GlueDataError(f"{path}: unknown file type {suffix or '(no extension)'!r}; give a .csv, .tsv or "
-                            ".jsonl (JSON Lines) file")
+    header, records = _table(path)
     if text_column_names is None:
         text_column_names = ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= set(header) else ("sentence",)
     if index_column_name is None:
@@ -308,6 +300,41 @@ def _read_user_file(path: str | Path, split: str, *, text_column_names: Sequence
     return _collect(path, _kind(split), header, records, tuple(text_column_names), label_column_name,
                     index_column_name, index_required=True,
                     fix="name the columns to read (--text_column_names, --label_column_name, --index_column_name)")
+
+
+def read_text_table(path: str | Path) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """(texts, pairs or None, labels as written or None) of a CSV / TSV / JSON Lines file whose
+    text columns have one of GLUE's names (`TEXT_COLUMNS`, first match): what export validation,
+    `hone predict` and `hone bench infer` read. A bad row is an error."""
+    path = Path(path)
+    header, records = _table(path)
+    columns = next((c for c in TEXT_COLUMNS if set(c) <= set(header)), None)
+    if columns is None:
+        raise GlueDataError(f"{path}, line 1: the columns {header} name no text column; name one (or a pair) as "
+                            f"GLUE does: {', '.join('/'.join(c) for c in TEXT_COLUMNS)}")
+    raw = _collect(path, "test", header, records, columns, "label", None, index_required=False,
+                   fix="name the text columns as GLUE does")
+    if raw.problems:
+        line, message = raw.problems[0]
+        raise GlueDataError(f"{path}, line {line}: {message}")
+    if not raw.texts:
+        raise GlueDataError(f"{path}: holds no rows under its header")
+    return raw.texts, raw.pairs, raw.labels
+
+
+def _table(path: Path) -> tuple[list[str], Iterator[tuple[int, dict | str]]]:
+    """(header, numbered records) of a .tsv, .csv or JSON Lines file, by its extension."""
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        lines = _tsv_lines(path)
+        header = next(lines, (1, []))[1]
+        return header, _tsv_records(lines, header)
+    if suffix == ".csv":
+        return _csv_records(path)
+    if suffix in (".jsonl", ".json"):
+        return _jsonl_records(path)
+    raise GlueDataError(f"{path}: unknown file type {suffix or '(no extension)'!r}; give a .csv, .tsv or "
+                        ".jsonl (JSON Lines) file")
 
 
 def _read_text(path: Path) -> str:

@@ -3,23 +3,16 @@ text files and generated text of varied lengths, tokenized into rows (dicts of 1
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from hone.data.glue import read_text_table
 from hone.data.synthetic import make_synthetic_squad
+from hone.data.text import TextDataError
+from hone.data.text import read_texts as read_lines
 from hone.data.tokenizer import HoneTokenizer
-from hone.errors import HoneError
-
-# text columns of a .tsv with a header row, sentence pairs first (GLUE's names)
-TEXT_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
-                ("premise", "hypothesis"), ("sentence",), ("text",))
-
-
-class InputFileError(HoneError, ValueError):
-    """A data file whose texts cannot be read; names the file and what it should hold."""
 
 
 def synthetic_examples(num_paragraphs: int, seed: int = 0) -> list[dict]:
@@ -37,40 +30,15 @@ def synthetic_examples(num_paragraphs: int, seed: int = 0) -> list[dict]:
 
 
 def read_texts(path: str | Path) -> tuple[list[str], list[str] | None, list[str] | None]:
-    """(texts, pairs or None, labels or None) of a text file: a .tsv/.csv with a header row
-    (text columns named as GLUE names them, optional `label`), else one text per non-empty line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file; give a text file (one text per line) or a .tsv with a "
-                             "header row")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputFileError(f"{path}: not UTF-8 text ({err})") from None
-    if path.suffix not in (".tsv", ".csv"):
-        texts = [line for line in text.splitlines() if line.strip()]
-        if not texts:
-            raise InputFileError(f"{path}: holds no text")
-        return texts, None, None
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    table = list(csv.reader(text.splitlines(), delimiter=delimiter,
-                            quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL))
-    if len(table) < 2:
-        raise InputFileError(f"{path}: needs a header row and at least one row")
-    header, body = table[0], table[1:]
-    columns = next((c for c in TEXT_COLUMNS if set(c) <= set(header)), None)
-    if columns is None:
-        raise InputFileError(f"{path}: header {header} names no text column; expected one of "
-                             f"{[list(c) for c in TEXT_COLUMNS]}")
-    at = [header.index(c) for c in columns]
-    label_at = header.index("label") if "label" in header else None
-    short = next((n for n, row in enumerate(body, 2) if len(row) <= max(at + [label_at or 0])), None)
-    if short is not None:
-        raise InputFileError(f"{path}: line {short} has fewer columns than the header")
-    texts = [row[at[0]] for row in body]
-    pairs = [row[at[1]] for row in body] if len(at) == 2 else None
-    labels = [row[label_at] for row in body] if label_at is not None else None
-    return texts, pairs, labels
+    """(texts, pairs or None, labels or None) of a text file: a .tsv / .csv / JSON Lines table
+    with text columns named as GLUE names them (and an optional `label`), else one text per
+    non-empty line."""
+    if Path(path).suffix.lower() in (".tsv", ".csv", ".jsonl", ".json"):
+        return read_text_table(path)
+    texts = [line for line in read_lines(path, keep_linebreaks=False) if line.strip()]
+    if not texts:
+        raise TextDataError(f"{path}: holds no text; give one text per line")
+    return texts, None, None
 
 
 def encode_rows(tokenizer: HoneTokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None,
