@@ -38,3 +38,47 @@ def test_trainer_trims_every_few_steps_on_cpu(tmp_path, monkeypatch):
     assert len(calls) == steps // HOST_TRIM_EVERY
     list(predict(tiny_bert_qa(), QADataset(n=4), collate, batch_size=4, profile=CPU))
     assert len(calls) == steps // HOST_TRIM_EVERY + 1  # and once after a prediction pass
+
+
+FREE_HALF = """
+import sys
+from hone.engine.host_memory import bound_host_memory, resident_bytes
+if sys.argv[1] == "bound":
+    bound_host_memory()
+big = bytearray(16 << 20)  # freed: glibc's own rule raises its mmap threshold to 16 MB (its rule stops at 32 MB)
+del big
+blocks = [bytearray(2 << 20) for _ in range(200)]  # 400 MB of 2 MB blocks, every page touched
+before = resident_bytes("VmRSS")
+del blocks[::2]
+import os
+print((before - resident_bytes("VmRSS")) >> 20, os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize("bound", [False, True])
+def test_bounded_host_memory_frees_large_blocks_at_once(bound, monkeypatch):
+    """With bound_host_memory, a freed 2 MB tensor-sized block goes straight back to the OS; with
+    glibc's moving threshold it stays in the heap (a hole until a trim). In a fresh process:
+    mallopt and oneDNN's variable are process-wide."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    out = subprocess.run([sys.executable, "-c", FREE_HALF, "bound" if bound else "plain"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    released_mb, capacity = int(out[0]), out[1]
+    if bound:
+        assert released_mb > 150 and capacity == str(host_memory.ONEDNN_CACHE_CAPACITY)
+    else:
+        assert released_mb < 50 and capacity == "None"
+
+
+def test_bounded_host_memory_leaves_the_users_settings(monkeypatch):
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    calls = []
+    monkeypatch.setattr(host_memory, "_glibc", lambda: type("Libc", (), {"mallopt": lambda *a: calls.append(a)})())
+    host_memory.bound_host_memory()
+    assert calls == [] and host_memory.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

@@ -1,9 +1,16 @@
-"""Host memory while training on a CPU: handing freed pages back, and the peaks the log reports.
+"""Host memory while training on a CPU: bounded caches, freed pages handed back, and the peaks
+the log reports.
 
-Batches of varying shape (dynamic padding, unpadded tokens) fragment glibc's heap: the
-activations of one step are freed, but the next step's differently sized ones do not fit
-the holes, so the process's resident memory climbs step after step. `malloc_trim` returns
-the free pages; the engine calls it every few steps on CPU.
+Batches of varying shape (dynamic padding, unpadded tokens) make resident memory climb step
+after step, for two reasons (measured in benchmarks/results/qa-epoch-memory-*):
+- oneDNN (bf16 matmuls) caches a primitive for every new shape, up to 1,024 of them, each
+  holding its own buffers: about 1 MB apiece here. `bound_host_memory` caps the cache at
+  one step's worth of shapes.
+- glibc's heap fragments: one step's activations are freed, but the next step's differently
+  sized ones do not fit the holes. Above glibc's mmap threshold an allocation gets its own
+  mapping, which goes back to the OS when freed; glibc raises that threshold as large blocks
+  are freed, so activations move onto the heap. `bound_host_memory` fixes the threshold, and
+  `malloc_trim` (every few steps) returns what the heap still frees.
 """
 
 from __future__ import annotations
@@ -11,7 +18,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from pathlib import Path
+
+ONEDNN_CACHE_CAPACITY = 64  # primitives; one MiniLM/BERT training step creates a few dozen
+MMAP_THRESHOLD = 1 << 20  # bytes: tensors from 1 MiB up get their own mapping
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 @functools.cache
@@ -31,6 +43,17 @@ def release_free_host_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def bound_host_memory() -> None:
+    """Cap oneDNN's primitive cache and fix glibc's mmap threshold (see the module docstring),
+    unless the environment sets them (ONEDNN_PRIMITIVE_CACHE_CAPACITY, MALLOC_MMAP_THRESHOLD_).
+    oneDNN reads its variable when it creates its first primitive: call this before the first
+    forward."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+    libc = _glibc()
+    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def resident_bytes(field: str = "VmHWM") -> int | None:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from hone.config import TrainingArguments, effective_batch_sizes, validate_training_args
 from hone.engine import checkpointing, distributed
-from hone.engine.host_memory import peak_memory_bytes, release_free_host_memory
+from hone.engine.host_memory import bound_host_memory, peak_memory_bytes, release_free_host_memory
 from hone.engine.optim import build_optimizer, build_scheduler
 from hone.engine.output_dir import TRAINING_OUTPUTS, OutputDir, json_default
 from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
@@ -356,6 +356,8 @@ class Trainer:
             configure_tf32(profile.tf32)
         elif profile.tf32:
             warnings.warn(f"hardware profile '{profile.name}': tf32 only applies on CUDA GPUs; ignored.", stacklevel=2)
+        if self.dist.device.type == "cpu" and profile.bound_host_memory:
+            bound_host_memory()
         if profile.activation_checkpointing:
             self._enable_activation_checkpointing(model)
         apply_execution_profile(model, profile)

@@ -1,0 +1,71 @@
+"""What bounding host memory costs a CPU training step (issue 23: at most 2%): `hone qa` for
+--max_steps steps with the profile's `bound_host_memory` on and off, alternating, --repeats
+times each, one run at a time. Reports each run's training samples/s and peak resident memory
+(the log's peak_memory_mb), and the ratio of the mean rates, in one JSON:
+
+    flock /tmp/hone-bench.lock python benchmarks/host_memory_ab.py --hardware cpu-bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+
+from compare_common import HERE, environment, finish, setup_run, start, write_result
+
+SHARED = HERE.parent.parent / "shared" / "data"
+TINY = dict(max_steps=3, repeats=1, max_seq_length=128)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
+    p.add_argument("--train_file", default=str(SHARED / "squad" / "splits" / "dev-v2.0-articles-00-19.json"))
+    p.add_argument("--hardware", default="cpu-bf16")
+    p.add_argument("--max_steps", type=int, default=60)
+    p.add_argument("--max_seq_length", type=int, default=384)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="/tmp/hone-host-memory-ab")
+    p.add_argument("--tiny", action="store_true", help="Tiny sizes (overriding the flags) to check the path.")
+    p.add_argument("--out", help="JSON report (default benchmarks/results/host-memory-ab-<hardware>-<date>.json).")
+    args = p.parse_args(argv)
+    size, work, out = setup_run(args, TINY, "host-memory-ab")
+
+    runs: dict[str, list[dict]] = {"bounded": [], "unbounded": []}
+    for repeat in range(size["repeats"]):
+        for name in runs:
+            folder = work / f"{name}-{repeat}"
+            cmd = [sys.executable, "-m", "hone", "qa", "--model_name_or_path", args.model, "--train_file",
+                   args.train_file, "--version_2_with_negative", "--do_train", "--max_steps", str(size["max_steps"]),
+                   "--max_seq_length", str(size["max_seq_length"]), "--per_device_train_batch_size", "16",
+                   "--logging_steps", "10", "--save_strategy", "no", "--hardware", args.hardware,
+                   "--hardware_overrides", f"bound_host_memory={str(name == 'bounded').lower()}",
+                   "--disable_tqdm", "true", "--seed", "42", "--output_dir", str(folder), "--overwrite_output_dir"]
+            seconds = finish(start(cmd, work / f"{name}-{repeat}.log", args.threads), name)
+            train = json.loads((folder / "train_results.json").read_text())
+            log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+            runs[name].append({"command": shlex.join(["python", *cmd[1:]]), "wall_time_s": round(seconds, 1),
+                               "train_samples_per_second": train["train_samples_per_second"],
+                               "peak_memory_mb": max(r.get("peak_memory_mb", 0) for r in log)})
+    rate = {name: statistics.fmean(r["train_samples_per_second"] for r in rs) for name, rs in runs.items()}
+    report = {
+        "benchmark": "hone qa training with bound_host_memory on and off (alternating runs)",
+        "command": shlex.join(["python", "benchmarks/host_memory_ab.py", *argv]),
+        "date": datetime.date.today().isoformat(), **environment(), "settings": size, "runs": runs,
+        "samples_per_second_mean": rate, "bounded_over_unbounded": rate["bounded"] / rate["unbounded"],
+        "per_repeat_ratio": [b["train_samples_per_second"] / u["train_samples_per_second"]
+                             for b, u in zip(runs["bounded"], runs["unbounded"])],
+    }
+    write_result(report, out)
+    print(f"bounded / unbounded samples/s: {report['bounded_over_unbounded']:.3f}; peak MB bounded "
+          f"{[r['peak_memory_mb'] for r in runs['bounded']]}, unbounded {[r['peak_memory_mb'] for r in runs['unbounded']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
