@@ -18,7 +18,7 @@ import sys
 from compare_common import HERE, environment, finish, setup_run, start, write_result
 
 SHARED = HERE.parent.parent / "shared" / "data"
-TINY = dict(max_steps=3, repeats=1, max_seq_length=128)
+TINY = dict(max_steps=3, repeats=1, max_seq_length=256)
 
 
 def main(argv: list[str]) -> int:
