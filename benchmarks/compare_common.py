@@ -45,9 +45,11 @@ def run_systems(commands: dict[str, list[str]], work: Path, parallel: bool) -> d
         jobs[name] = start(cmd, work / f"{name}.log", threads)
         if not parallel:
             walls[name] = finish(jobs[name], name)
-    for name, job in jobs.items():
-        if name not in walls:
-            walls[name] = finish(job, name)
+    pending = {name: job for name, job in jobs.items() if name not in walls}
+    while pending:  # side by side: each wall time ends when its own process does
+        for name in [n for n, (proc, _) in pending.items() if proc.poll() is not None]:
+            walls[name] = finish(pending.pop(name), name)
+        time.sleep(0.2)
     return walls
 
 
