@@ -41,7 +41,7 @@ class HardwareProfile:
     gradient_accumulation_steps: int | None = None  # default accumulation
     pin_memory: bool = False
     cpu_threads: int | None = None            # torch intra-op threads (default: torch's, one per core)
-    bound_host_memory: bool = False           # CPU: cap oneDNN's cache, fix glibc's mmap threshold (engine.host_memory)
+    bound_host_memory: bool = False           # CPU: cap oneDNN's cache, fix glibc's mmap threshold; slower (host_memory)
 
     @property
     def execution_mode(self) -> str:
@@ -69,10 +69,9 @@ _GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention=
             fused_optimizer=True, pin_memory=True)
 PROFILES: dict[str, HardwareProfile] = {
     # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too)
-    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True, bound_host_memory=True),
+    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True),
     # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md).
-    "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True, fused_optimizer=True,
-                                bound_host_memory=True),
+    "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True, fused_optimizer=True),
     "a100": HardwareProfile(name="a100", **_GPU),
     "h100": HardwareProfile(name="h100", **_GPU),
 }

@@ -11,6 +11,9 @@ after step, for two reasons (measured in benchmarks/results/qa-epoch-memory-*):
   mapping, which goes back to the OS when freed; glibc raises that threshold as large blocks
   are freed, so activations move onto the heap. `bound_host_memory` fixes the threshold, and
   `malloc_trim` (every few steps) returns what the heap still frees.
+`bound_host_memory` is opt-in (the profile field of that name): every large tensor is then
+mapped and faulted in afresh, which cost 28% of the samples/s of bf16 QA training here
+(benchmarks/results/host-memory-ab-*).
 """
 
 from __future__ import annotations
