@@ -1,8 +1,9 @@
 """Evidence for `hone pretrain`: a small BERT pre-trained from scratch in two phases on WikiText-2,
 then fine-tuned on SST-2 beside the same fine-tuning from random weights.
 
-1. `hone prepare-pretraining` on wiki.valid.raw (training) and wiki.test.raw (held out: other
-   articles) with the real bert-base-uncased vocabulary, at seq 128 (20 targets) and seq 512 (80).
+1. `hone prepare-pretraining` on wiki.valid.raw and wiki.test.raw but its last 10 articles
+   (training; WikiText-2's train split is not available here) and those 10 articles (held out),
+   with the real bert-base-uncased vocabulary, at seq 128 (20 targets) and seq 512 (80).
 2. `hone pretrain` phase 1 from a config (bert-base-uncased shrunk by --layers/--hidden/...;
    LAMB without bias correction, warmup + linear decay, accumulation), then phase 2: a new run
    from phase 1's folder at seq 512 with its own batch and schedule. Both evaluate the
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shlex
 import sys
 import time
@@ -37,11 +39,31 @@ from compare_common import HERE, environment, finish, setup_run, start, write_re
 from hone.cli import SUBCOMMANDS
 
 DATA = HERE.parent.parent / "shared" / "data"
+ARTICLE = re.compile(r"^ = [^=].* = $", re.MULTILINE)  # a WikiText article's title line
 # --tiny: every step on a sliver of the data, to check the path (not a result)
-TINY = dict(text_chars=60_000, dupe_factor=1, phase1_steps=6, phase1_batch=8, phase1_accumulation=2, phase2_steps=4,
+TINY = dict(text_chars=60_000, held_out_articles=1, dupe_factor=1, phase1_steps=6, phase1_batch=8, phase1_accumulation=2, phase2_steps=4,
             phase2_batch=2, phase2_accumulation=2, phase1_eval_every=3, phase2_eval_every=2, eval_samples=64,
             glue_train_samples=256, glue_eval_samples=128, glue_epochs=1, layers=2, hidden=64, heads=2,
             intermediate=128)
+
+
+def split_wikitext(folder: Path, work: Path, held_out_articles: int, text_chars: int | None) -> dict[str, list[Path]]:
+    """The training and held-out files: WikiText-2's validation split and its test split but for
+    the last `held_out_articles` articles, which are held out (train is not available here).
+    With text_chars, only the first characters of each file (--tiny). Written to work/ under
+    wiki.*.raw names, which pick the WikiText reader."""
+    valid, test = ((folder / name).read_text(encoding="utf-8")[:text_chars or None]
+                   for name in ("wiki.valid.raw", "wiki.test.raw"))
+    starts = [m.start() for m in ARTICLE.finditer(test)]
+    if not 1 <= held_out_articles < len(starts):
+        raise SystemExit(f"--held_out_articles must be between 1 and {len(starts) - 1} (the articles of "
+                         f"{folder / 'wiki.test.raw'}), got {held_out_articles}")
+    cut = starts[-held_out_articles]
+    parts = {"wiki.valid.raw": valid, "wiki.test-head.raw": test[:cut], "wiki.test-tail.raw": test[cut:]}
+    for name, text in parts.items():
+        (work / name).write_text(text, encoding="utf-8")
+    return {"train": [work / "wiki.valid.raw", work / "wiki.test-head.raw"],
+            "held_out": [work / "wiki.test-tail.raw"]}
 
 
 def run_hone(args: list, work: Path, name: str, threads: int | None) -> dict:
@@ -114,6 +136,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--intermediate", type=int, default=1024)
     p.add_argument("--dupe_factor", type=int, default=5, help="Passes over the text, each with new masks.")
     p.add_argument("--text_chars", type=int, help="Use only the first N characters of each text file.")
+    p.add_argument("--held_out_articles", type=int, default=10,
+                   help="The last N articles of wiki.test are held out; the rest of it and wiki.valid train.")
     p.add_argument("--phase1_steps", type=int, default=1000)
     p.add_argument("--phase1_batch", type=int, default=32, help="Micro batch of phase 1.")
     p.add_argument("--phase1_accumulation", type=int, default=2)
@@ -142,18 +166,13 @@ def main(argv: list[str]) -> int:
     size, work, out = setup_run(args, TINY, "pretrain-two-phase")
     started = time.perf_counter()
 
-    # 1. data: training text and held-out text, at both lengths
-    texts = {"train": Path(args.wikitext) / "wiki.valid.raw", "held_out": Path(args.wikitext) / "wiki.test.raw"}
-    if size["text_chars"]:
-        for split, path in texts.items():
-            (work / split).mkdir(exist_ok=True)
-            texts[split] = work / split / path.name  # the same name: it picks the WikiText reader
-            texts[split].write_text(path.read_text(encoding="utf-8")[:size["text_chars"]], encoding="utf-8")
+    # 1. data: training text and held-out text (other articles), at both lengths
+    texts = split_wikitext(Path(args.wikitext), work, size["held_out_articles"], size["text_chars"])
     steps: dict[str, dict] = {}
     for length, targets in ((128, 20), (512, 80)):
         for split, path in texts.items():
             steps[f"prepare_{split}_{length}"] = run_hone(
-                ["prepare-pretraining", "--input", path, "--tokenizer", args.tokenizer, "--output",
+                ["prepare-pretraining", "--input", *path, "--tokenizer", args.tokenizer, "--output",
                  work / f"{split}-{length}", "--max_seq_length", length, "--max_predictions_per_seq", targets,
                  "--dupe_factor", size["dupe_factor"] if split == "train" else 1, "--seed", args.seed, "--overwrite"],
                 work, f"prepare-{split}-{length}", args.threads)

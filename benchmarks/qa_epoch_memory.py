@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import sys
 import tempfile
 import threading
 import time
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from hone.engine.host_memory import resident_bytes
+from hone.engine.host_memory import exec_with_allocator, resident_bytes
+from hone.hardware import resolve_profile
 from hone.reporting import machine_info, versions
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -83,6 +85,8 @@ def plot(samples: list[tuple[float, int]], steps: list[dict], title: str, path: 
 
 def main() -> None:
     args = parse_args()
+    profile = resolve_profile(args.hardware, args.hardware_overrides)
+    exec_with_allocator(profile.host_allocator, [sys.executable, *sys.argv])  # as `hone qa` would
     from hone.tasks import qa
 
     out = Path(args.out)
@@ -108,12 +112,13 @@ def main() -> None:
     steps = [r for r in log if "loss" in r]
     report = {
         "benchmark": "one epoch of hone qa training, resident memory",
-        "command": "python benchmarks/qa_epoch_memory.py " + shlex.join(os.sys.argv[1:]),
+        "command": "python benchmarks/qa_epoch_memory.py " + shlex.join(sys.argv[1:]),
         "hone_qa_argv": argv,
         "machine": machine_info(),
         "versions": versions(),
         "environment": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "ONEDNN", "DNNL", "GLIBC",
-                                                                               "THP_", "OMP_"))},
+                                                                               "THP_", "OMP_", "LD_PRELOAD",
+                                                                               "MIMALLOC_"))},
         "peak_resident_bytes": peak,
         "peak_resident_gib": None if peak is None else peak / 2**30,
         "wall_seconds": seconds,

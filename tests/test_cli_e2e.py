@@ -289,3 +289,22 @@ def test_transformers_flags_work(files, tmp_path):
     assert (out / "pytorch_model.bin").is_file() and not (out / "model.safetensors").exists()
     final, kept = torch.load(out / "pytorch_model.bin"), torch.load(out / best / "pytorch_model.bin")
     assert all(torch.equal(final[k], kept[k]) for k in final)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator is preloaded on Linux only")
+def test_the_mimalloc_profile_relaunches_and_trains_the_same_weights(files, tmp_path):
+    """host_allocator=mimalloc: `hone` relaunches itself once with libmimalloc preloaded (the
+    run's record names the allocator in use) and trains bit for bit what glibc's malloc does."""
+    pytest.importorskip("cmeel", reason="cmeel-mimalloc (a Linux dependency of hone) is not installed")
+    weights = {}
+    for allocator in ("system", "mimalloc"):
+        out = tmp_path / allocator
+        args = qa_args(files, out, "--save_strategy", "no")
+        args[args.index("cpu_threads=1")] = f"cpu_threads=1,host_allocator={allocator}"
+        proc = hone(*args)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads((out / "run.json").read_text())
+        assert record["machine"]["host_allocator"] == allocator and record["hardware"]["host_allocator"] == allocator
+        assert proc.stderr.count("***** effective configuration *****") == 1  # logged once, after the relaunch
+        weights[allocator] = load_file(out / "model.safetensors")
+    assert all(torch.equal(weights["system"][k], weights["mimalloc"][k]) for k in weights["system"])

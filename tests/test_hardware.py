@@ -20,8 +20,10 @@ from hone.hardware import (
 GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="flash", unpad=True,
            fused_optimizer=True, pin_memory=True)
 EXPECTED = {
-    "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=True),
-    "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True, fused_optimizer=True),
+    "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=True,
+                host_allocator="mimalloc"),
+    "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True, fused_optimizer=True,
+                     host_allocator="mimalloc"),
     "a100": GPU,
     "h100": GPU,
 }
@@ -167,3 +169,24 @@ def test_ipu_overrides_translation():
     # The translated items are valid overrides.
     profile = resolve_profile("cpu", ",".join(f"{k}={v}" for k, v in items.items()))
     assert (profile.replicas, profile.gradient_accumulation_steps, profile.activation_checkpointing) == (4, 16, True)
+
+
+def test_token_bucket_defaults_to_half_the_length_when_compiled():
+    """bucket_tokens unset: streams are bucketed only where shapes cost a compile; 0 turns it
+    off; padded execution has no token stream to bucket."""
+    assert HardwareProfile(unpad=True).token_bucket(384) is None
+    assert HardwareProfile(unpad=True, compile=True).token_bucket(384) == 192
+    assert HardwareProfile(unpad=True, compile=True, bucket_tokens=0).token_bucket(384) is None
+    assert HardwareProfile(unpad=True, bucket_tokens=128).token_bucket(384) == 128
+    assert HardwareProfile(pack=True, bucket_tokens=64).token_bucket(128) == 64
+    assert HardwareProfile(compile=True, bucket_tokens=128).token_bucket(384) is None  # padded
+    assert HardwareProfile(unpad=True, compile=True).token_bucket(None) is None
+    with pytest.raises(HardwareError, match=r"'bucket_tokens' must be between 1 and max_seq_length \(96\)"):
+        HardwareProfile(unpad=True, bucket_tokens=128).token_bucket(96)
+    assert resolve_profile("cpu", "bucket_tokens=256").bucket_tokens == 256
+
+
+def test_host_allocator_choices():
+    assert resolve_profile("cpu", "host_allocator=system").host_allocator == "system"
+    with pytest.raises(HardwareError, match="host_allocator must be one of system, mimalloc, got 'jemalloc'"):
+        resolve_profile("cpu", "host_allocator=jemalloc")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 
 import pytest
 
@@ -82,3 +83,49 @@ def test_bounded_host_memory_leaves_the_users_settings(monkeypatch):
     monkeypatch.setattr(host_memory, "_glibc", lambda: type("Libc", (), {"mallopt": lambda *a: calls.append(a)})())
     host_memory.bound_host_memory()
     assert calls == [] and host_memory.os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+
+
+# ----------------------------------------------------------------------------- host allocator
+
+needs_mimalloc = pytest.mark.skipif(host_memory.find_mimalloc() is None or platform.system() != "Linux",
+                                    reason="libmimalloc.so comes with cmeel-mimalloc, a Linux dependency of hone")
+
+
+@pytest.fixture
+def execs(monkeypatch):
+    """os.execve calls of host_memory, recorded instead of made; no program marked yet."""
+    calls = []
+    monkeypatch.setattr(host_memory.os, "execve", lambda *args: calls.append(args))
+    monkeypatch.setattr(host_memory, "_program_argv", None)
+    for name in (host_memory.RELAUNCHED, "MIMALLOC_PURGE_DELAY", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+@needs_mimalloc
+def test_the_program_relaunches_itself_with_mimalloc_preloaded(execs):
+    assert host_memory.allocator_in_use() == "system"  # pytest runs on glibc's malloc
+    host_memory.relaunch_with_allocator("mimalloc", "qa")  # a call from Python (tests): never
+    host_memory.mark_program(["demo", "--output_dir", "d"])
+    host_memory.relaunch_with_allocator("mimalloc", "qa")  # the qa run inside `hone demo`: no
+    host_memory.relaunch_with_allocator("system", "demo")  # nothing to preload
+    assert execs == []
+    host_memory.mark_program(["qa", "--do_train"])
+    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    ((executable, argv, env),) = execs
+    assert argv == [sys.executable, "-m", "hone", "qa", "--do_train"] and executable == sys.executable
+    assert env["LD_PRELOAD"] == str(host_memory.find_mimalloc())
+    assert env[host_memory.RELAUNCHED] == "mimalloc" and env["MIMALLOC_PURGE_DELAY"] == "5000"
+
+
+@needs_mimalloc
+def test_a_failed_preload_or_a_missing_library_is_a_notice_not_a_loop(execs, monkeypatch, caplog):
+    host_memory.mark_program(["qa"])
+    monkeypatch.setenv(host_memory.RELAUNCHED, "mimalloc")  # relaunched, yet mimalloc is not mapped
+    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    monkeypatch.delenv(host_memory.RELAUNCHED)
+    monkeypatch.setattr(host_memory, "find_mimalloc", lambda: None)
+    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    assert execs == []
+    notices = [r.getMessage() for r in caplog.records]
+    assert "did not load" in notices[0] and "pip install cmeel-mimalloc" in notices[1]

@@ -140,3 +140,26 @@ def test_predict_on_a_test_file_with_and_without_answers(setup, tmp_path):
         results = json.loads((out / "predict_results.json").read_text())
         assert results["predict_samples"] == 24
         assert ("predict_f1" in results) == labelled
+
+
+def test_bucketed_token_streams_train_to_the_same_losses(setup, tmp_path, capsys):
+    """--hardware_overrides bucket_tokens=N pads every batch's token stream to a multiple of N
+    (few shapes); the padding segment touches nothing, so without dropout the logged losses and
+    the final weights equal those of the unbucketed run. A bucket longer than the rows is a
+    one-line error before any work."""
+    root, model_dir = setup
+    no_dropout = "hidden_dropout_prob=0,attention_probs_dropout_prob=0"
+    runs = {}
+    for bucket in (0, 40):
+        out = tmp_path / f"bucket-{bucket}"
+        assert hone(_qa_args(root, model_dir, out, "--version_2_with_negative", "--config_overrides", no_dropout,
+                             "--hardware_overrides", f"bucket_tokens={bucket}", "--max_steps", "4")) == 0
+        runs[bucket] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+                        if "loss" in json.loads(line)]
+        assert json.loads((out / "run.json").read_text())["hardware"]["bucket_tokens"] == bucket
+    assert len(runs[0]) == 2 and runs[40] == pytest.approx(runs[0], rel=1e-5)
+    capsys.readouterr()
+    assert hone(_qa_args(root, model_dir, tmp_path / "bad", "--hardware_overrides", "bucket_tokens=200")) == 2
+    err = capsys.readouterr().err
+    assert "'bucket_tokens' must be between 1 and max_seq_length (96)" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()

@@ -23,6 +23,7 @@ from hone.engine.trainer import (
     Trainer,
     TrainerCallback,
     TrainingDivergedError,
+    data_workers,
     predict,
 )
 from hone.errors import HoneError
@@ -449,3 +450,18 @@ def test_log_records_report_peak_resident_memory(tmp_path):
     peak_now = resident_bytes("VmHWM") / 2**20
     assert records and all(0 < r["peak_memory_mb"] <= peak_now + 0.1 for r in records)
     assert records[-1]["peak_memory_mb"] >= records[0]["peak_memory_mb"]
+
+
+def test_data_workers_take_the_cpus_that_compute_leaves_free(monkeypatch):
+    """By default a CPU run gets a worker per core its torch threads leave free, a GPU run all
+    but one core, at most 4, split among the processes; an explicit count is capped at the
+    process's CPUs with a warning."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert data_workers(None, cpu) == 2
+    assert data_workers(None, cuda) == 4 and data_workers(None, cuda, world_size=4) == 1
+    assert data_workers(None, cpu, world_size=2) == 0  # 4 CPUs each, 6 threads busy
+    assert data_workers(0, cuda) == 0 and data_workers(3, cpu) == 3
+    with pytest.warns(UserWarning, match="has 4 CPU"):
+        assert data_workers(6, cpu, world_size=2) == 4

@@ -51,7 +51,7 @@ from hone.data.shards import PretrainingDataset
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.text import lm_blocks, read_texts
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
-from hone.engine.host_memory import resident_bytes
+from hone.engine.host_memory import relaunch_with_allocator, resident_bytes
 from hone.engine.optim import build_optimizer
 from hone.engine.precision import autocast, autocast_dtype, build_loss_scaler, configure_tf32
 from hone.engine.trainer import apply_execution_profile
@@ -386,11 +386,11 @@ def _measure(name: str, folder: Path, *, data: BenchData, order: np.ndarray, arg
 
 
 def bucket_tokens(args: argparse.Namespace, profile: HardwareProfile) -> int | None:
-    """hone's token-stream bucket (data.collate.make_collator): --bucket_tokens, else half of
-    --max_seq_length when the model is compiled (few shapes to compile), else none."""
+    """hone's token-stream bucket (data.collate.make_collator): --bucket_tokens, else the
+    profile's (HardwareProfile.token_bucket)."""
     if args.bucket_tokens is not None:
         return args.bucket_tokens or None
-    return args.max_seq_length // 2 if profile.compile and profile.execution_mode != "padded" else None
+    return profile.token_bucket(args.max_seq_length)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -410,6 +410,8 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
+    if profile.device == "cpu":  # both systems then run on the profile's allocator (machine.host_allocator)
+        relaunch_with_allocator(profile.host_allocator, "bench")
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
         profile = replace(profile, cpu_threads=args.threads)
     if args.mode is not None:
@@ -562,7 +564,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
     p.add_argument("--bucket_tokens", type=int,
                    help="hone: pad each batch's token stream to a multiple of this (few shapes; 0: off; default "
-                        "half of --max_seq_length when the profile compiles, else off).")
+                        "the profile's bucket_tokens: half of --max_seq_length when it compiles, else off).")
     p.add_argument("--baseline_padding", choices=["max_length", "longest"],
                    help="How the baseline pads its batches: to --max_seq_length, or to each batch's longest row "
                         "(default: the task's example script: max_length for qa and glue, longest for mlm).")

@@ -51,6 +51,10 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `hone` program itself: a run may relaunch it (engine.host_memory)
+        from hone.engine.host_memory import mark_program
+
+        mark_program(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

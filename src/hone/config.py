@@ -117,7 +117,8 @@ class TrainingArguments:
     metric_for_best_model: str | None = arg(None, "Eval metric that picks the best checkpoint, e.g. f1 "
                                                   "(default: loss).")
     greater_is_better: bool | None = arg(None, "Higher metric is better (default: true unless it is a loss).")
-    dataloader_num_workers: int = arg(0, "Worker processes for data loading.")
+    dataloader_num_workers: int | None = arg(None, "Worker processes for data loading (default: the CPUs that "
+                                                   "the compute threads leave free, at most 4; 0: none).")
     dataloader_drop_last: bool = arg(False, "Drop the last incomplete batch.", trains=True)
     resume_from_checkpoint: str | None = arg(None, "Checkpoint folder, or 'latest'.")
     ignore_checkpoint_mismatch: bool = arg(False, "Resume even when the checkpoint was trained with other "
@@ -291,7 +292,7 @@ def validate_training_args(args: TrainingArguments) -> None:
         (a.logging_steps > 0, "logging_steps", "> 0"),
         (a.eval_steps is None or a.eval_steps > 0, "eval_steps", "> 0"),
         (a.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0 disables clipping)"),
-        (a.dataloader_num_workers >= 0, "dataloader_num_workers", ">= 0"),
+        (a.dataloader_num_workers is None or a.dataloader_num_workers >= 0, "dataloader_num_workers", ">= 0"),
     ]
     checks += [(getattr(a, name) is None or getattr(a, name) >= 1, name, ">= 1 (or unset for all)")
                for name in ("max_train_samples", "max_eval_samples", "max_predict_samples")]
@@ -596,7 +597,10 @@ def _describe_profile(profile: HardwareProfile) -> str:
         ("tf32", profile.tf32 and profile.device == "cuda"), ("torch.compile", profile.compile),
         (profile.execution_mode, profile.execution_mode != "padded"),
         ("activation checkpointing", profile.activation_checkpointing),
-        ("fused optimizer", profile.fused_optimizer), ("pinned memory", profile.pin_memory)) if on]
+        ("fused optimizer", profile.fused_optimizer), ("pinned memory", profile.pin_memory),
+        (f"token streams in multiples of {profile.bucket_tokens}", bool(profile.bucket_tokens)),
+        ("bounded host memory", profile.bound_host_memory),
+        (f"{profile.host_allocator} allocator", profile.device == "cpu" and profile.host_allocator != "system")) if on]
     return ", ".join([f"{profile.name}: {profile.device}", precision, f"attention {profile.attention}", *switches])
 
 

@@ -42,12 +42,28 @@ class HardwareProfile:
     pin_memory: bool = False
     cpu_threads: int | None = None            # torch intra-op threads (default: torch's, one per core)
     bound_host_memory: bool = False           # CPU: cap oneDNN's cache, fix glibc's mmap threshold; slower (host_memory)
+    bucket_tokens: int | None = None          # unpadded: pad token streams to a multiple (0 off; None: seq/2 if compiled)
+    host_allocator: str = "system"            # CPU: system | mimalloc (preloaded; bounded memory, see host_memory)
 
     @property
     def execution_mode(self) -> str:
         """How batches run: "packed" (training rows hold several sequences), "unpadded" (padding
         dropped before the layers) or "padded" (transformers' layout, also what export uses)."""
         return "packed" if self.pack else "unpadded" if self.unpad else "padded"
+
+    def token_bucket(self, max_seq_len: int | None) -> int | None:
+        """The multiple that unpadded batches pad their token stream to (data.collate), or None.
+        Few stream lengths mean few shapes: torch.compile and CUDA graphs build few graphs, and
+        the host allocator and oneDNN's kernel cache reuse what the last batch of that length
+        left. Unset, half of max_seq_len when the model is compiled, else off."""
+        if self.execution_mode == "padded" or max_seq_len is None or self.bucket_tokens == 0:
+            return None
+        if self.bucket_tokens is None:
+            return max_seq_len // 2 if self.compile else None
+        if not 1 <= self.bucket_tokens <= max_seq_len:
+            raise HardwareError(f"hardware field 'bucket_tokens' must be between 1 and max_seq_length "
+                                f"({max_seq_len}), got {self.bucket_tokens}; 0 turns bucketing off")
+        return self.bucket_tokens
 
     @property
     def static_loss_scale(self) -> float | None:
@@ -64,14 +80,17 @@ class HardwareError(HoneError, ValueError):
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ATTENTIONS = ("auto", "flash", "sdpa", "math")  # hone.models.padding.KERNELS (kept free of torch here)
+HOST_ALLOCATORS = ("system", "mimalloc")  # hone.engine.host_memory.relaunch_with_allocator
 
 _GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="flash", unpad=True,
             fused_optimizer=True, pin_memory=True)
 PROFILES: dict[str, HardwareProfile] = {
-    # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too)
-    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True),
+    # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too);
+    # mimalloc: a training epoch's resident memory stays bounded (engine/host_memory.py)
+    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True, host_allocator="mimalloc"),
     # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md).
-    "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True, fused_optimizer=True),
+    "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True, fused_optimizer=True,
+                                host_allocator="mimalloc"),
     "a100": HardwareProfile(name="a100", **_GPU),
     "h100": HardwareProfile(name="h100", **_GPU),
 }
@@ -229,7 +248,8 @@ def detect_profile() -> HardwareProfile:
 def validate_profile(profile: HardwareProfile, *, check_device: bool = True) -> HardwareProfile:
     """Raise HardwareError for values that cannot work; with check_device, for a missing GPU too."""
     where = f"hardware profile '{profile.name}'"
-    for key, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
+    for key, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("attention", ATTENTIONS),
+                         ("host_allocator", HOST_ALLOCATORS)):
         value = getattr(profile, key)
         if value not in allowed:
             raise HardwareError(f"{where}: {key} must be one of {', '.join(allowed)}, "

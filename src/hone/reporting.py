@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from hone.config import TrainingArguments, effective_batch_sizes
+from hone.engine.host_memory import allocator_in_use
 from hone.engine.output_dir import OutputDir, json_default
 from hone.errors import HoneError
 from hone.hardware import HardwareProfile, cpu_supports_bf16
@@ -122,6 +123,7 @@ def machine_info() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu": cpu, "cpu_cores": os.cpu_count(),
             "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_supports_bf16(),
+            "host_allocator": allocator_in_use(),
             "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus}
 
 

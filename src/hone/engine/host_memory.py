@@ -14,6 +14,12 @@ after step, for two reasons (measured in benchmarks/results/qa-epoch-memory-*):
 `bound_host_memory` is opt-in (the profile field of that name): every large tensor is then
 mapped and faulted in afresh, which cost 28% of the samples/s of bf16 QA training here
 (benchmarks/results/host-memory-ab-*).
+
+The profile's `host_allocator: mimalloc` replaces glibc's malloc with mimalloc (the
+cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages unused for a
+few seconds: resident memory stays near the live tensors at full speed. An allocator has to be
+there before the process's first allocation, so `hone` relaunches itself once with it preloaded
+(`relaunch_with_allocator`), before any work.
 """
 
 from __future__ import annotations
@@ -21,12 +27,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
+import sys
 from pathlib import Path
+
+log = logging.getLogger("hone")
 
 ONEDNN_CACHE_CAPACITY = 64  # primitives; one MiniLM/BERT training step creates a few dozen
 MMAP_THRESHOLD = 1 << 20  # bytes: tensors from 1 MiB up get their own mapping
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+# mimalloc hands pages back after they have been unused this long (its default, 10 ms, returns
+# them within a step and faults them in again: 0.8x the samples/s measured here)
+MIMALLOC_PURGE_DELAY_MS = 5000
+RELAUNCHED = "HONE_HOST_ALLOCATOR"  # set in the environment of the relaunched process
+_program_argv: list[str] | None = None  # `hone ...` as typed, when hone runs as the program
 
 
 @functools.cache
@@ -57,6 +72,58 @@ def bound_host_memory() -> None:
     libc = _glibc()
     if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def mark_program(argv: list[str]) -> None:
+    """Record that this process is the `hone` program with these arguments (cli.main, when it
+    reads sys.argv): only then may a run relaunch it. Calls from Python (tests) never relaunch."""
+    global _program_argv
+    _program_argv = list(argv)
+
+
+def find_mimalloc() -> Path | None:
+    """libmimalloc.so from the cmeel-mimalloc wheel on sys.path, or None."""
+    for root in sys.path:
+        lib = Path(root or ".") / "cmeel.prefix" / "lib" / "libmimalloc.so"
+        if lib.is_file():
+            return lib
+    return None
+
+
+def allocator_in_use() -> str:
+    """"mimalloc" when libmimalloc is mapped into this process, else "system"."""
+    try:
+        return "mimalloc" if "libmimalloc" in Path("/proc/self/maps").read_text() else "system"
+    except OSError:
+        return "system"
+
+
+def relaunch_with_allocator(allocator: str, command: str) -> None:
+    """When this process is the `hone COMMAND ...` program (not a call from Python, nor a
+    recipe run inside another command), relaunch it with `allocator` (exec_with_allocator)."""
+    if _program_argv and _program_argv[0] == command:
+        exec_with_allocator(allocator, [sys.executable, "-m", "hone", *_program_argv])
+
+
+def exec_with_allocator(allocator: str, argv: list[str]) -> None:
+    """Replace this process (os.execve: same PID and environment) by `argv` with `allocator`
+    preloaded, on Linux, unless it is loaded already. Where the library is missing, or a
+    relaunch already happened, say so once and carry on with the system allocator: memory is
+    then less bounded, nothing else changes."""
+    if allocator == "system" or not sys.platform.startswith("linux") or allocator_in_use() == allocator:
+        return
+    lib = find_mimalloc()
+    if lib is None or os.environ.get(RELAUNCHED):
+        reason = ("libmimalloc.so is not installed (pip install cmeel-mimalloc)" if lib is None
+                  else f"it did not load with LD_PRELOAD={os.environ.get('LD_PRELOAD')}")
+        log.warning("notice: host_allocator %s: %s; using the system allocator.", allocator, reason)
+        return
+    env = dict(os.environ, LD_PRELOAD=os.pathsep.join(filter(None, (str(lib), os.environ.get("LD_PRELOAD")))),
+               **{RELAUNCHED: allocator})
+    env.setdefault("MIMALLOC_PURGE_DELAY", str(MIMALLOC_PURGE_DELAY_MS))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
 
 
 def resident_bytes(field: str = "VmHWM") -> int | None:

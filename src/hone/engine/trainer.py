@@ -272,6 +272,21 @@ def _in_dataset_order(outputs: Iterator[tuple[dict[str, np.ndarray], int]], orde
         yield batch
 
 
+def data_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
+    """DataLoader workers per process: `requested` capped at this process's share of the CPUs,
+    or by default the CPUs its compute leaves free (a GPU run's one feeding thread, or a CPU
+    run's torch threads), at most 4: collation then overlaps the step without taking a core
+    from the matmuls."""
+    cpus = max(1, len(os.sched_getaffinity(0)) // world_size)
+    if requested is None:
+        busy = 1 if device.type == "cuda" else torch.get_num_threads()
+        return max(0, min(4, cpus - busy))
+    if requested > cpus:
+        warnings.warn(f"--dataloader_num_workers {requested}: this machine has {cpus} CPU(s) for this process; "
+                      f"using {cpus} worker(s).", stacklevel=3)
+    return min(requested, cpus)
+
+
 class TrainerCallback:
     """Hooks into the loop (all optional): subclass and override what you need."""
 
@@ -376,10 +391,7 @@ class Trainer:
             raise HoneError(
                 f"dataloader_drop_last with {len(train_dataset)} samples and a total batch of "
                 f"{self.global_batch_size} leaves no step; lower the batch size or turn off dataloader_drop_last.")
-        workers = min(args.dataloader_num_workers, len(os.sched_getaffinity(0)))
-        if workers < args.dataloader_num_workers:
-            warnings.warn(f"--dataloader_num_workers {args.dataloader_num_workers}: this machine has {workers} "
-                          f"CPU(s) for this process; using {workers} worker(s).", stacklevel=2)
+        workers = data_workers(args.dataloader_num_workers, self.dist.device, self.dist.world_size)
         self.loader = DataLoader(
             train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn, num_workers=workers,
             pin_memory=profile.pin_memory and self.dist.device.type == "cuda",

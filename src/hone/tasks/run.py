@@ -36,6 +36,7 @@ from hone.data.collate import make_collator
 from hone.data.files import digest_path
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
 from hone.engine import checkpointing, distributed
+from hone.engine.host_memory import relaunch_with_allocator
 from hone.engine.output_dir import RECORD, TRAINING_OUTPUTS, OutputDir
 from hone.engine.trainer import Trainer, TrainerCallback, predict, set_seed
 from hone.errors import HoneError, RunInterrupted
@@ -107,6 +108,8 @@ class Run:
         self.trainer: Trainer | None = None
         self._check_phases()
         self.profile = resolve_profile(args.hardware, args.hardware_overrides)
+        if self.profile.device == "cpu":  # before any work: the process may be replaced
+            relaunch_with_allocator(self.profile.host_allocator, recipe.name)
         self.dist = distributed.init_distributed(self.profile)
         self.model_config = self._model_config()
         self._fit_max_seq_length()
@@ -125,7 +128,8 @@ class Run:
             task=recipe.name, command=self.command, run_name=args.run_name, status="running", error=None,
             settings={**dataclasses.asdict(args), **dataclasses.asdict(task_args)},
             hardware=dataclasses.asdict(self.profile), world_size=self.dist.world_size,
-            versions=reporting.versions(), git_commit=reporting.git_commit(), started=reporting.utc_now(),
+            machine=reporting.machine_info(), versions=reporting.versions(), git_commit=reporting.git_commit(),
+            started=reporting.utc_now(),
             finished=None, wall_time_s=None, metrics={})
 
     @classmethod
@@ -190,6 +194,7 @@ class Run:
             t.max_seq_length = limit
         if t.max_seq_length < 1:
             raise RunSetupError(f"--max_seq_length must be >= 1, got {t.max_seq_length}")
+        self.profile.token_bucket(t.max_seq_length)  # a bad bucket_tokens fails now, not at the first batch
 
     def _run_config(self) -> dict[str, Any]:
         """The settings that shape training (fields marked `trains`), the training data's content
@@ -268,10 +273,11 @@ class Run:
         """The collate function for the profile's execution mode (data.collate.make_collator);
         pad_to_max_length pads every row to max_seq_length (run_qa's and run_glue's option),
         except in packed training batches."""
+        max_seq_len = self.task_args.max_seq_length
         return make_collator(self.profile.execution_mode, pad_token_id=self.pad_token_id,
-                             position_offset=self.model_config.position_offset,
-                             max_seq_len=self.task_args.max_seq_length, training=training,
-                             pad_to_max_length=pad_to_max_length)
+                             position_offset=self.model_config.position_offset, max_seq_len=max_seq_len,
+                             training=training, pad_to_max_length=pad_to_max_length,
+                             bucket_tokens=self.profile.token_bucket(max_seq_len))
 
     @property
     def pad_token_id(self) -> int:
