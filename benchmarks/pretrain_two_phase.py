@@ -218,7 +218,8 @@ def main(argv: list[str]) -> int:
         for i in (1, 2)}
     figure = out.with_name(out.stem + "-losses.png")
     plot(curves, {"eval_mlm_loss": "held-out MLM loss", "eval_nsp_loss": "held-out NSP loss"}, figure,
-         f"BERT {size['layers']}x{size['hidden']} pre-trained on WikiText-2 (held out: wiki.test)",
+         f"BERT {size['layers']}x{size['hidden']} pre-trained on WikiText-2 "
+         f"(held out: the last {size['held_out_articles']} articles of wiki.test)",
          xlabel="step (phase 2 after phase 1)")
 
     # 3. SST-2 from phase 2's weights and from random ones

@@ -21,7 +21,7 @@ GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="
            fused_optimizer=True, pin_memory=True)
 EXPECTED = {
     "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=True,
-                host_allocator="mimalloc"),
+                host_allocator="system"),
     "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True, fused_optimizer=True,
                      host_allocator="mimalloc"),
     "a100": GPU,
