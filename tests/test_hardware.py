@@ -190,3 +190,8 @@ def test_host_allocator_choices():
     assert resolve_profile("cpu", "host_allocator=system").host_allocator == "system"
     with pytest.raises(HardwareError, match="host_allocator must be one of system, mimalloc, got 'jemalloc'"):
         resolve_profile("cpu", "host_allocator=jemalloc")
+
+
+def test_only_cpu_runs_preload_an_allocator():
+    assert resolve_profile("cpu-bf16").allocator == "mimalloc"
+    assert HardwareProfile(device="cuda", host_allocator="mimalloc").allocator == "system"

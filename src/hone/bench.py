@@ -410,8 +410,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
-    if profile.device == "cpu":  # both systems then run on the profile's allocator (machine.host_allocator)
-        relaunch_with_allocator(profile.host_allocator, "bench")
+    relaunch_with_allocator(profile.allocator, "bench")  # both systems then run on it (machine.host_allocator)
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
         profile = replace(profile, cpu_threads=args.threads)
     if args.mode is not None:

@@ -600,7 +600,7 @@ def _describe_profile(profile: HardwareProfile) -> str:
         ("fused optimizer", profile.fused_optimizer), ("pinned memory", profile.pin_memory),
         (f"token streams in multiples of {profile.bucket_tokens}", bool(profile.bucket_tokens)),
         ("bounded host memory", profile.bound_host_memory),
-        (f"{profile.host_allocator} allocator", profile.device == "cpu" and profile.host_allocator != "system")) if on]
+        (f"{profile.allocator} allocator", profile.allocator != "system")) if on]
     return ", ".join([f"{profile.name}: {profile.device}", precision, f"attention {profile.attention}", *switches])
 
 

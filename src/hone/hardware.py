@@ -66,6 +66,12 @@ class HardwareProfile:
         return self.bucket_tokens
 
     @property
+    def allocator(self) -> str:
+        """The host allocator runs use: host_allocator on a CPU; GPU runs keep the system's
+        (host memory is not what limits them)."""
+        return self.host_allocator if self.device == "cpu" else "system"
+
+    @property
     def static_loss_scale(self) -> float | None:
         """The fixed fp16 loss scale, or None for dynamic scaling (and for bf16/fp32)."""
         if self.precision != "fp16" or self.loss_scaling == "dynamic":
