@@ -2,7 +2,7 @@
 windows of 384, batch 16, dropout 0.1) with unpadded attention run on each sequence alone
 (`padding.attention_per_sequence`) or on sequences grouped by length (`padding.attention_grouped`),
 in fp32 and bf16, the variants alternating round after round (hone only, `hone bench train`'s
-loop). `padding.cpu_varlen_attention` picks between them by dtype from what this measures. The report is rewritten after every run, so a cut run keeps what it measured.
+loop). `padding.attention` runs the grouped one in every dtype from what this measures. The report is rewritten after every run, so a cut run keeps what it measured.
 
     flock /tmp/hone-bench.lock env PYTHONPATH=src python benchmarks/cpu_attention_ab.py --threads 1
 """
@@ -36,7 +36,7 @@ def main() -> None:
     for _ in range(a.rounds):
         for hardware in ("cpu", "cpu-bf16"):
             for name, function in VARIANTS.items():
-                padding.cpu_varlen_attention = lambda dtype, f=function: f  # what `padding.attention` asks
+                padding.attention_grouped = function  # what `padding.attention` calls
                 result = run_benchmark(parse_args([*bench, "--hardware", hardware]))
                 rate = result["systems"]["hone"]["samples_per_second"]
                 report["samples_per_second"].setdefault(f"{hardware}/{name}", []).append(rate)

@@ -129,7 +129,7 @@ def test_kernel_resolution_and_names():
     with pytest.raises(LayoutError, match="not one of auto, flash, sdpa, math"):
         attention_kernel("varlen", "cpu", torch.float32)
     assert effective_attention(resolve_profile("cpu-bf16")).startswith("sdpa (CPU: sequences grouped by length")
-    assert effective_attention(resolve_profile("cpu")).startswith("sdpa (CPU: one call per sequence")
+    assert effective_attention(resolve_profile("cpu")) == effective_attention(resolve_profile("cpu-bf16"))
     gpu = resolve_profile("h100", check_device=False)
     if not torch.cuda.is_available():
         assert effective_attention(gpu).startswith("sdpa")  # no flash kernel on this machine
@@ -334,11 +334,18 @@ def test_grouped_attention_equals_per_sequence_softmax():
     assert (attention(q, k, v, layout) - expected).abs().max() < 1e-6
 
 
-def test_cpu_varlen_attention_by_dtype():
-    """On a CPU, fp32 varlen batches attend one sequence at a time and bf16/fp16 ones in
-    length groups: the faster of the two for each (benchmarks/results/cpu-attention-ab-qa-minilm.json)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_varlen_attention_runs_in_length_groups(dtype, monkeypatch):
+    """On a CPU, non-causal varlen batches attend in length groups in every dtype (faster than
+    one sdpa call per sequence since masks are cheap: benchmarks/results/cpu-attention-ab-qa-minilm.json);
+    causal ones one sequence at a time."""
     from hone.models import padding
 
-    assert padding.cpu_varlen_attention(torch.float32) is padding.attention_per_sequence
-    assert padding.cpu_varlen_attention(torch.bfloat16) is padding.attention_grouped
-    assert padding.cpu_varlen_attention(torch.float16) is padding.attention_grouped
+    calls = []
+    for name in ("attention_grouped", "attention_per_sequence"):
+        monkeypatch.setattr(padding, name, lambda *a, name=name, **kw: calls.append(name))
+    mask = (torch.arange(6) < torch.tensor([6, 3])[:, None]).long()
+    q = torch.randn(9, 2, 4, dtype=dtype)
+    padding.attention(q, q, q, AttentionLayout.varlen(mask, mask.shape))
+    padding.attention(q, q, q, AttentionLayout.varlen(mask, mask.shape, causal=True))
+    assert calls == ["attention_grouped", "attention_per_sequence"]

@@ -296,7 +296,7 @@ def effective_attention(profile: HardwareProfile) -> str:
     from hone.models.padding import attention_kernel, describe_kernel
 
     dtype = autocast_dtype(profile) or torch.float32
-    return describe_kernel(attention_kernel(profile.attention, profile.device, dtype), profile.device, dtype)
+    return describe_kernel(attention_kernel(profile.attention, profile.device, dtype), profile.device)
 
 
 # ----------------------------------------------------------------------------- resolution

@@ -28,6 +28,7 @@ from hone.models.base import (
     sequence_classification_output,
     token_prediction_loss,
 )
+from hone.models.dropout import Dropout
 from hone.models.outputs import ModelOutput
 from hone.models.padding import IGNORE_INDEX, AttentionLayout, VarlenMetadata, attention
 
@@ -109,7 +110,7 @@ class BertEmbeddings(nn.Module):
         )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) input_ids -> positions (T,) for BERT, (B, T) for RoBERTa."""
@@ -147,7 +148,7 @@ class BertLayer(nn.Module):
         self.act = get_activation(config.hidden_act)
         self.ffn_out = nn.Linear(config.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
         # x: (*tokens, C)
@@ -276,7 +277,7 @@ class RobertaClassificationHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.dropout = Dropout(_classifier_dropout(config))
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, first_tokens: torch.Tensor) -> torch.Tensor:
@@ -304,7 +305,7 @@ class BertForSequenceClassification(PreTrainedModule):
         if self.is_roberta:
             self.classifier = RobertaClassificationHead(config)
         else:
-            self.dropout = nn.Dropout(_classifier_dropout(config))
+            self.dropout = Dropout(_classifier_dropout(config))
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights(self.classifier)
 

@@ -35,6 +35,7 @@ from hone.models.base import (
     token_prediction_loss,
 )
 from hone.models.losses import linear_cross_entropy
+from hone.models.dropout import Dropout
 from hone.models.outputs import ModelOutput
 from hone.models.padding import AttentionLayout, LayoutError, VarlenMetadata, attention
 
@@ -106,7 +107,7 @@ class GPT2Attention(nn.Module):
             self.scale /= layer_idx + 1
         self.c_attn = nn.Linear(h, 3 * h)  # q, k, v
         self.c_proj = nn.Linear(h, h)
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, layout: AttentionLayout, cache: KVCache | None = None) -> torch.Tensor:
         q, k, v = self.c_attn(x).unflatten(-1, (3, self.n_head, -1)).unbind(-3)  # (*tokens, H, D)
@@ -124,7 +125,7 @@ class GPT2MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, inner)
         self.act = get_activation(config.activation_function)
         self.c_proj = nn.Linear(inner, config.n_embd)
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -154,7 +155,7 @@ class GPT2Model(PreTrainedModule):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.init_weights()

@@ -30,10 +30,11 @@ Attention kernels (`KERNELS`, the hardware profile's `attention` field, set on a
   `torch.nn.attention.varlen.varlen_attn`, which exposes no dropout). Elsewhere: sdpa.
 - sdpa: scaled_dot_product_attention over sequences padded to a common length with a key
   mask: on CUDA one call over all sequences (torch picks its efficient or math backend); on a
-  CPU in bf16/fp16, sequences of similar length grouped into a few calls, in the compute dtype
-  with a cheap dropout mask (`attention_grouped`; sdpa's math path would upcast bf16 to fp32);
-  on a CPU in fp32 (and for causal sequences), one sdpa call per sequence on its own tokens
-  (`attention_per_sequence`): whichever measured faster (`cpu_varlen_attention`).
+  CPU, sequences of similar length grouped into a few calls (`attention_grouped`), in the
+  compute dtype (sdpa's math path, the only CPU one with dropout, would upcast bf16 to fp32)
+  with a cheap dropout mask (hone.models.dropout): measured faster in fp32 and bf16 than one
+  sdpa call per sequence (benchmarks/results/cpu-attention-ab-qa-minilm.json). Causal
+  sequences on a CPU: one sdpa call per sequence on its own tokens (`attention_per_sequence`).
 - math: the same padded grid through sdpa's math backend only (the reference).
 - auto: flash where it runs, else sdpa.
 
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hone.errors import HoneError
+from hone.models.dropout import keep_mask, keep_scale
 
 IGNORE_INDEX = -100  # label value that the losses skip (transformers' convention)
 
@@ -87,7 +89,7 @@ def attention_kernel(requested: str, device: torch.device | str, dtype: torch.dt
     return "sdpa"
 
 
-def describe_kernel(kernel: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+def describe_kernel(kernel: str, device: torch.device | str) -> str:
     """What a resolved kernel does on `device` in the compute `dtype`, for reports and logs."""
     device = torch.device(device)
     if kernel == "flash":
@@ -96,8 +98,6 @@ def describe_kernel(kernel: str, device: torch.device | str, dtype: torch.dtype 
         return "math (sdpa math backend on sequences padded to the longest)"
     if device.type == "cuda":
         return "sdpa (one call on sequences padded to the longest, key mask)"
-    if cpu_varlen_attention(dtype) is attention_per_sequence:
-        return "sdpa (CPU: one call per sequence, on its own tokens)"
     return "sdpa (CPU: sequences grouped by length, one call per group, compute dtype)"
 
 
@@ -478,15 +478,7 @@ def attention(
         return attention_on_grid(q, k, v, layout, dropout_p=dropout_p, scale=scale)
     if layout.causal:
         return attention_per_sequence(q, k, v, layout, dropout_p=dropout_p, scale=scale)
-    return cpu_varlen_attention(q.dtype)(q, k, v, layout, dropout_p=dropout_p, scale=scale)
-
-
-def cpu_varlen_attention(dtype: torch.dtype) -> Callable[..., torch.Tensor]:
-    """The faster way to attend over a varlen batch on a CPU, by compute dtype: bf16/fp16 in
-    length groups (few calls, kept in the low precision), fp32 one sequence at a time (sdpa's
-    own kernel, no padding). Measured on MiniLM QA training steps:
-    benchmarks/results/cpu-attention-ab-qa-minilm.json (benchmarks/cpu_attention_ab.py)."""
-    return attention_per_sequence if dtype == torch.float32 else attention_grouped
+    return attention_grouped(q, k, v, layout, dropout_p=dropout_p, scale=scale)
 
 
 def attention_flash(
@@ -585,15 +577,12 @@ def dense_attention(
         bias = bias.expand(G, H, 1, L).reshape(G * H, 1, L)
         scores = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)  # (G * H, L, L)
     probs = torch.softmax(scores, dim=-1)
-    if dropout_p > 0.0:
-        probs = probs * dropout_mask(probs, dropout_p)
-    return torch.bmm(probs, vf).unflatten(0, (G, H))
-
-
-def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """A dropout mask for `x`, already scaled: 0 with probability p, else 1 / (1 - p), in x's dtype."""
-    keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
-    return keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    if dropout_p == 0.0 or torch.compiler.is_compiling():
+        probs = F.dropout(probs, dropout_p) if dropout_p else probs  # compiled: inductor's own masks
+        return torch.bmm(probs, vf).unflatten(0, (G, H))
+    probs = probs * keep_mask(probs.shape, dropout_p, probs.device).to(probs.dtype)
+    # the keep rate's scale on the (L, D) outputs rather than the (L, L) probabilities
+    return torch.bmm(probs, vf).mul_(keep_scale(dropout_p)).unflatten(0, (G, H))
 
 
 def causal_attention(
