@@ -33,6 +33,18 @@ def test_mask_shape_odd_sizes_and_seed():
     assert not torch.equal(a, keep_mask((3, 5, 7), 0.2))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_masks_in_every_dtype_are_the_same_draws(dtype):
+    torch.manual_seed(3)
+    expected = keep_mask((1000, 7), 0.3)
+    torch.manual_seed(3)
+    mask = keep_mask((1000, 7), 0.3, dtype)
+    assert mask.dtype == dtype and torch.equal(mask, expected.to(dtype))
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(keep_mask((5,), 0.0, dtype), torch.ones(5, dtype=dtype))
+    assert torch.equal(keep_mask((5,), 1.0, dtype), torch.zeros(5, dtype=dtype))
+
+
 def test_scale_is_the_exact_inverse_keep_rate():
     assert keep_scale(0.1) == 65536 / (65536 - 6554)
     assert abs(keep_scale(0.1) - 1 / 0.9) < 2e-5

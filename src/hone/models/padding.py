@@ -580,7 +580,7 @@ def dense_attention(
     if dropout_p == 0.0 or torch.compiler.is_compiling():
         probs = F.dropout(probs, dropout_p) if dropout_p else probs  # compiled: inductor's own masks
         return torch.bmm(probs, vf).unflatten(0, (G, H))
-    probs = probs * keep_mask(probs.shape, dropout_p, probs.device).to(probs.dtype)
+    probs = probs * keep_mask(probs.shape, dropout_p, probs.dtype, probs.device)
     # the keep rate's scale on the (L, D) outputs rather than the (L, L) probabilities
     return torch.bmm(probs, vf).mul_(keep_scale(dropout_p)).unflatten(0, (G, H))
 
