@@ -1,5 +1,5 @@
 """torch.profiler's top ops of hone training steps (QA, a real checkpoint, real SQuAD windows),
-as `hone bench train` runs them: the same data, collate, optimizer and loop.
+as `hone bench train` runs them: the same data, collate, optimizer, loop and host allocator.
 
 Writes the op table (self CPU time, sorted) as text, so that a profile before and after a
 change can be compared. Wrap runs on a shared machine in `flock /tmp/hone-bench.lock`:
@@ -12,6 +12,7 @@ change can be compared. Wrap runs on a shared machine in `flock /tmp/hone-bench.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from hone.bench import make_batches, qa_data, sample_order
 from hone.config import TrainingArguments
 from hone.data.collate import make_collator
 from hone.data.tokenizer import load_tokenizer
+from hone.engine.host_memory import exec_with_allocator
 from hone.engine.optim import build_optimizer
 from hone.engine.precision import autocast
 from hone.engine.trainer import apply_execution_profile
@@ -49,6 +51,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     profile_ = resolve_profile(args.hardware, args.hardware_overrides)
+    exec_with_allocator(profile_.allocator, [sys.executable, *sys.argv])  # as `hone bench` would
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
