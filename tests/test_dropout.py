@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hone.models.dropout import Dropout, dropout, keep_mask, keep_scale
+from hone.models.dropout import Dropout, dropout, dropout_bmm, draw_seed, keep_mask, keep_scale
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -75,3 +75,34 @@ def test_module_is_nn_dropout():
     assert module.eval()(x) is x
     assert torch.equal(dropout(x, 0.0), x)
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_bmm_equals_the_explicit_product_and_its_gradients(dtype):
+    """Output and both gradients equal (probs * mask) @ v * scale computed by autograd with the
+    mask of the same seed: in fp32 the mask that backward draws again is the one forward used."""
+    torch.manual_seed(0)
+    probs = torch.rand(6, 9, 9).softmax(-1).to(dtype).requires_grad_()
+    v = torch.randn(6, 9, 4, dtype=dtype, requires_grad=True)
+    grad = torch.randn(6, 9, 4, dtype=dtype)
+    torch.manual_seed(7)
+    out = dropout_bmm(probs, v, 0.3)
+    out.backward(grad)
+    torch.manual_seed(7)
+    mask = keep_mask(probs.shape, 0.3, dtype, seed=draw_seed())
+    p2, v2 = probs.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+    expected = torch.bmm(p2 * mask, v2) * keep_scale(0.3)
+    expected.backward(grad)
+    tol = dict(atol=0, rtol=0) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    assert 0 < (mask == 0).sum() < mask.numel()
+    torch.testing.assert_close(out, expected, **tol)
+    torch.testing.assert_close(probs.grad, p2.grad, **tol)
+    torch.testing.assert_close(v.grad, v2.grad, **tol)
+
+
+def test_fp32_attention_dropout_holds_no_mask_for_backward():
+    """In fp32, dropout_bmm keeps the seed, not the mask: it saves only its inputs for
+    backward (which softmax and bmm hold anyway)."""
+    probs, v = torch.rand(2, 5, 5, requires_grad=True), torch.randn(2, 5, 3, requires_grad=True)
+    saved = dropout_bmm(probs, v, 0.1).grad_fn.saved_tensors
+    assert [t.data_ptr() for t in saved] == [probs.data_ptr(), v.data_ptr()]

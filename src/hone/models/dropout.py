@@ -8,7 +8,9 @@ torch's generator alone), whose 64-bit outputs are cut into four 16-bit lanes; a
 its unit if it is at least a threshold, and the 0/1 mask is made with integer ops, written
 straight in the bit pattern of 1.0 for bf16/fp16. The drop probability is rounded to a
 multiple of 1/65536 (0.1 becomes 0.100006) and kept values are scaled by the exact inverse of
-the keep rate, so the expectation is unchanged.
+the keep rate, so the expectation is unchanged. A mask is a function of its seed, so fp32
+attention (`dropout_bmm`) draws it again in backward instead of keeping it: that saves two
+tensors of the (L, L) weights' size per layer, the largest activations of a training step.
 
 On CUDA, torch's fused dropout runs instead (its Philox generator is already cheap), and so
 it does under torch.compile, which generates its own masks inside the fused kernels.
@@ -39,27 +41,55 @@ def keep_scale(p: float) -> float:
     return _LEVELS / (_LEVELS - _drop_levels(p))
 
 
-def random_lanes(n: int) -> torch.Tensor:
-    """n int16 values uniform on [-32768, 32767], from a numpy SFC64 stream (about twice as fast
-    as torch's CPU generator) seeded by one 64-bit draw of torch's generator."""
-    seed = int(torch.empty((), dtype=torch.int64).random_(-(2**63), None)) % 2**64
+def draw_seed() -> int:
+    """One 64-bit draw of torch's CPU generator: the seed of one mask."""
+    return int(torch.empty((), dtype=torch.int64).random_(-(2**63), None)) % 2**64
+
+
+def random_lanes(n: int, seed: int) -> torch.Tensor:
+    """n int16 values uniform on [-32768, 32767] from a numpy SFC64 stream (about twice as fast
+    as torch's CPU generator): four per 64-bit output."""
     draws = np.random.SFC64(seed).random_raw(-(-n // 4))
     return torch.from_numpy(draws.view(np.int16)[:n])
 
 
 def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.bool,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """A mask of `shape` in `dtype`: 1 (keep) with probability 1 - p (p rounded to 1/65536), else 0."""
+              device: torch.device | str = "cpu", seed: int | None = None) -> torch.Tensor:
+    """A mask of `shape` in `dtype`: 1 (keep) with probability 1 - p (p rounded to 1/65536), else 0.
+    On a CPU, the same seed gives the same mask (default: a fresh draw_seed())."""
     drop = _drop_levels(p)
     if torch.device(device).type != "cpu":
         return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p).to(dtype)
     if drop in (0, _LEVELS):
         return torch.full(shape, drop == 0, dtype=dtype)
     threshold = drop - _LEVELS // 2  # lanes below it drop
-    keep = random_lanes(math.prod(shape)).clamp_(threshold - 1, threshold).sub_(threshold - 1)  # 0 or 1
+    lanes = random_lanes(math.prod(shape), draw_seed() if seed is None else seed)
+    keep = lanes.clamp_(threshold - 1, threshold).sub_(threshold - 1)  # 0 or 1
     if dtype in _ONE_BITS:
         return keep.mul_(_ONE_BITS[dtype]).view(dtype).view(shape)
     return keep.to(dtype).view(shape)
+
+
+class _DroppedBmm(torch.autograd.Function):
+    """bmm(dropout(probs), v) holding for backward only what softmax and bmm hold anyway (probs
+    and v) and the mask's seed: the mask and the dropped probabilities, two more tensors of
+    probs' size, are made again in backward instead of kept."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+        ctx.seed, ctx.p = draw_seed(), p
+        ctx.save_for_backward(probs, v)
+        dropped = probs * keep_mask(probs.shape, p, probs.dtype, seed=ctx.seed)
+        return torch.bmm(dropped, v).mul_(keep_scale(p))  # the scale on (L, D), not on (L, L)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        probs, v = ctx.saved_tensors
+        mask = keep_mask(probs.shape, ctx.p, probs.dtype, seed=ctx.seed)
+        grad = grad * keep_scale(ctx.p)
+        grad_v = torch.bmm((probs * mask).transpose(1, 2), grad)
+        grad_probs = torch.bmm(grad, v.transpose(1, 2)).mul_(mask)
+        return grad_probs, grad_v, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -69,6 +99,20 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if x.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     return (x * keep_mask(x.shape, p, x.dtype)).mul_(keep_scale(p))
+
+
+def dropout_bmm(probs: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """bmm(dropout(probs, p), v) for (G, L, L) attention weights and (G, L, D) values. On a CPU in
+    fp32 the mask is drawn again in backward rather than kept (_DroppedBmm): 4-byte masks are
+    what took fp32 training past 2.5 GB (benchmarks/results/seeded-dropout-ab-*.json), and
+    drawing a mask costs about 2% of an fp32 step; in bf16/fp16, where memory is within bounds
+    and the draw would cost twice the share of a faster step, the mask is kept."""
+    if p == 0.0 or probs.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
+        return torch.bmm(F.dropout(probs, p) if p else probs, v)
+    if probs.dtype == torch.float32:
+        return _DroppedBmm.apply(probs, v, p)
+    dropped = probs * keep_mask(probs.shape, p, probs.dtype)
+    return torch.bmm(dropped, v).mul_(keep_scale(p))  # the scale on (L, D), not on (L, L)
 
 
 class Dropout(nn.Dropout):

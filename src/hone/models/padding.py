@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hone.errors import HoneError
-from hone.models.dropout import keep_mask, keep_scale
+from hone.models.dropout import dropout_bmm
 
 IGNORE_INDEX = -100  # label value that the losses skip (transformers' convention)
 
@@ -566,7 +566,8 @@ def dense_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v on (G, H, L, D), written out in the inputs' dtype:
     bf16 stays bf16 (sdpa's math path, the only one with dropout on a CPU, upcasts to fp32),
-    softmax accumulates in fp32 inside its kernel, and dropout uses a cheap mask."""
+    softmax accumulates in fp32 inside its kernel, and dropout uses a cheap mask that is drawn
+    again in backward rather than kept (hone.models.dropout.dropout_bmm)."""
     G, H, L, D = q.shape
     scale = D**-0.5 if scale is None else scale
     qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (G * H, L, D)
@@ -577,12 +578,7 @@ def dense_attention(
         bias = bias.expand(G, H, 1, L).reshape(G * H, 1, L)
         scores = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)  # (G * H, L, L)
     probs = torch.softmax(scores, dim=-1)
-    if dropout_p == 0.0 or torch.compiler.is_compiling():
-        probs = F.dropout(probs, dropout_p) if dropout_p else probs  # compiled: inductor's own masks
-        return torch.bmm(probs, vf).unflatten(0, (G, H))
-    probs = probs * keep_mask(probs.shape, dropout_p, probs.dtype, probs.device)
-    # the keep rate's scale on the (L, D) outputs rather than the (L, L) probabilities
-    return torch.bmm(probs, vf).mul_(keep_scale(dropout_p)).unflatten(0, (G, H))
+    return dropout_bmm(probs, vf, dropout_p).unflatten(0, (G, H))
 
 
 def causal_attention(
