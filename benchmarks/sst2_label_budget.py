@@ -22,7 +22,15 @@ from compare_common import RESULTS, environment, write_result
 from pretrain_two_phase import DATA, glue
 
 
-def plot(budgets: list[int], accuracy: dict[str, dict[int, list[float]]], file: Path, title: str) -> None:
+def majority_rate(glue_dir: Path) -> float:
+    """The dev accuracy of always answering the more frequent label."""
+    rows = (glue_dir / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    positive = sum(row.rsplit("\t", 1)[1].strip() == "1" for row in rows) / len(rows)
+    return max(positive, 1.0 - positive)
+
+
+def plot(budgets: list[int], accuracy: dict[str, dict[int, list[float]]], majority: float, file: Path,
+         title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -31,12 +39,13 @@ def plot(budgets: list[int], accuracy: dict[str, dict[int, list[float]]], file: 
     ax = fig.add_subplot()
     for name, by_budget in accuracy.items():
         means = [statistics.mean(by_budget[b]) for b in budgets]
-        ax.plot(budgets, means, marker="o", label=name)
+        (line,) = ax.plot(budgets, means, marker="o", label=f"{name} (mean over seeds)")
         for b in budgets:
-            ax.scatter([b] * len(by_budget[b]), by_budget[b], s=10, alpha=0.4)
-    ax.axhline(0.5, color="grey", linestyle=":", label="chance")
+            ax.scatter([b] * len(by_budget[b]), by_budget[b], s=12, alpha=0.5, color=line.get_color())
+    ax.axhline(majority, color="grey", linestyle=":", label=f"majority label ({majority:.3f})")
     ax.set(xscale="log", xlabel="labelled SST-2 sentences", ylabel="dev accuracy (872)", title=title)
     ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -74,11 +83,12 @@ def main(argv: list[str]) -> int:
                 print(f"{name:>10} {budget:>5} sentences, seed {seed}: dev accuracy {acc:.4f}", flush=True)
     gain = {b: statistics.mean(accuracy["pretrained"][b]) - statistics.mean(accuracy["random"][b]) for b in budgets}
     figure = Path(args.out).with_suffix(".png")
-    plot(budgets, accuracy, figure, f"SST-2 from {checkpoint.name} vs random weights")
+    majority = majority_rate(Path(args.glue_dir))
+    plot(budgets, accuracy, majority, figure, f"SST-2 from {checkpoint.name} vs random weights")
     report = {"benchmark": "SST-2 accuracy against the labelled-data budget, pre-trained vs random weights",
               "command": shlex.join(["python", "benchmarks/sst2_label_budget.py", *argv]),
               "date": datetime.date.today().isoformat(), **environment(), "checkpoint": str(checkpoint),
-              "budgets": budgets, "seeds": seeds, "accuracy": accuracy, "mean_gain_by_budget": gain,
+              "budgets": budgets, "seeds": seeds, "majority_label_accuracy": majority, "accuracy": accuracy, "mean_gain_by_budget": gain,
               "runs": runs, "plot": figure.name}
     write_result(report, Path(args.out))
     for b in budgets:
