@@ -70,6 +70,11 @@ def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype 
     return keep.to(dtype).view(shape)
 
 
+def _masked_bmm(probs: torch.Tensor, v: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    dropped = probs * keep_mask(probs.shape, p, probs.dtype, seed=seed)
+    return torch.bmm(dropped, v).mul_(keep_scale(p))  # the scale on (L, D), not on (L, L)
+
+
 class _DroppedBmm(torch.autograd.Function):
     """bmm(dropout(probs), v) holding for backward only what softmax and bmm hold anyway (probs
     and v) and the mask's seed: the mask and the dropped probabilities, two more tensors of
@@ -79,8 +84,7 @@ class _DroppedBmm(torch.autograd.Function):
     def forward(ctx, probs: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
         ctx.seed, ctx.p = draw_seed(), p
         ctx.save_for_backward(probs, v)
-        dropped = probs * keep_mask(probs.shape, p, probs.dtype, seed=ctx.seed)
-        return torch.bmm(dropped, v).mul_(keep_scale(p))  # the scale on (L, D), not on (L, L)
+        return _masked_bmm(probs, v, p, ctx.seed)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -103,16 +107,16 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
 def dropout_bmm(probs: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
     """bmm(dropout(probs, p), v) for (G, L, L) attention weights and (G, L, D) values. On a CPU in
-    fp32 the mask is drawn again in backward rather than kept (_DroppedBmm): 4-byte masks are
-    what took fp32 training past 2.5 GB (benchmarks/results/seeded-dropout-ab-*.json), and
-    drawing a mask costs about 2% of an fp32 step; in bf16/fp16, where memory is within bounds
-    and the draw would cost twice the share of a faster step, the mask is kept."""
+    fp32 the mask is drawn again in backward rather than kept (_DroppedBmm): with the dropped
+    weights, 4-byte masks were the largest tensors an fp32 step held (a fifth of its peak:
+    benchmarks/results/seeded-dropout-ab-*.json), and a second draw costs about 2% of an fp32
+    step; in bf16/fp16, whose memory is within bounds and whose faster step would pay twice that
+    share, the mask is kept."""
     if p == 0.0 or probs.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
         return torch.bmm(F.dropout(probs, p) if p else probs, v)
     if probs.dtype == torch.float32:
         return _DroppedBmm.apply(probs, v, p)
-    dropped = probs * keep_mask(probs.shape, p, probs.dtype)
-    return torch.bmm(dropped, v).mul_(keep_scale(p))  # the scale on (L, D), not on (L, L)
+    return _masked_bmm(probs, v, p, draw_seed())
 
 
 class Dropout(nn.Dropout):
