@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hone.models.dropout import Dropout, dropout, dropout_bmm, draw_seed, keep_mask, keep_scale
+from hone.models.dropout import Dropout, draw_seed, dropout, dropout_bmm, keep_mask, keep_scale
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])

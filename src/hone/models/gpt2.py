@@ -34,8 +34,8 @@ from hone.models.base import (
     sequence_classification_output,
     token_prediction_loss,
 )
-from hone.models.losses import linear_cross_entropy
 from hone.models.dropout import Dropout
+from hone.models.losses import linear_cross_entropy
 from hone.models.outputs import ModelOutput
 from hone.models.padding import AttentionLayout, LayoutError, VarlenMetadata, attention
 
