@@ -11,14 +11,13 @@ alternate eager and compiled; the compile time is reported apart.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from compare_common import RESULTS, environment
+from compare_common import RESULTS, environment, write_result
 
 from hone.models.dropout import dropout
 
@@ -72,8 +71,7 @@ def main() -> None:
                 "compiled_speedup": eager / comp, "compile_and_first_calls_s": compile_s}
             print(f"{shape} shapes, dropout {drop}: eager {1e3 * eager:.1f} ms, compiled {1e3 * comp:.1f} ms "
                   f"({eager / comp:.2f}x), compile {compile_s:.0f} s", flush=True)
-    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
-    print("written to", a.out)
+    write_result(report, Path(a.out))
 
 
 if __name__ == "__main__":

@@ -54,12 +54,10 @@ def random_lanes(n: int, seed: int) -> torch.Tensor:
 
 
 def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.bool,
-              device: torch.device | str = "cpu", seed: int | None = None) -> torch.Tensor:
-    """A mask of `shape` in `dtype`: 1 (keep) with probability 1 - p (p rounded to 1/65536), else 0.
-    On a CPU, the same seed gives the same mask (default: a fresh draw_seed())."""
+              seed: int | None = None) -> torch.Tensor:
+    """A CPU mask of `shape` in `dtype`: 1 (keep) with probability 1 - p (p rounded to 1/65536),
+    else 0. The same seed gives the same mask (default: a fresh draw_seed())."""
     drop = _drop_levels(p)
-    if torch.device(device).type != "cpu":
-        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p).to(dtype)
     if drop in (0, _LEVELS):
         return torch.full(shape, drop == 0, dtype=dtype)
     threshold = drop - _LEVELS // 2  # lanes below it drop
@@ -96,11 +94,16 @@ class _DroppedBmm(torch.autograd.Function):
         return grad_probs, grad_v, None
 
 
+def _torch_dropout_runs(x: torch.Tensor, p: float) -> bool:
+    """Where torch's own dropout runs instead: off the CPU, under torch.compile, and for p = 1."""
+    return x.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling()
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """F.dropout with `keep_mask` on CPUs; torch's own dropout elsewhere and when compiled."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
+    if _torch_dropout_runs(x, p):
         return F.dropout(x, p, training=True)
     return (x * keep_mask(x.shape, p, x.dtype)).mul_(keep_scale(p))
 
@@ -112,8 +115,10 @@ def dropout_bmm(probs: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
     benchmarks/results/seeded-dropout-ab-*.json), and a second draw costs about 2% of an fp32
     step; in bf16/fp16, whose memory is within bounds and whose faster step would pay twice that
     share, the mask is kept."""
-    if p == 0.0 or probs.device.type != "cpu" or p == 1.0 or torch.compiler.is_compiling():
-        return torch.bmm(F.dropout(probs, p) if p else probs, v)
+    if p == 0.0:
+        return torch.bmm(probs, v)
+    if _torch_dropout_runs(probs, p):
+        return torch.bmm(F.dropout(probs, p), v)
     if probs.dtype == torch.float32:
         return _DroppedBmm.apply(probs, v, p)
     return _masked_bmm(probs, v, p, draw_seed())

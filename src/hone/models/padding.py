@@ -90,7 +90,7 @@ def attention_kernel(requested: str, device: torch.device | str, dtype: torch.dt
 
 
 def describe_kernel(kernel: str, device: torch.device | str) -> str:
-    """What a resolved kernel does on `device` in the compute `dtype`, for reports and logs."""
+    """What a resolved kernel does on `device`, for reports and logs."""
     device = torch.device(device)
     if kernel == "flash":
         return "flash (torch varlen flash kernel on the token stream, dropout in the kernel)"
@@ -566,8 +566,8 @@ def dense_attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v on (G, H, L, D), written out in the inputs' dtype:
     bf16 stays bf16 (sdpa's math path, the only one with dropout on a CPU, upcasts to fp32),
-    softmax accumulates in fp32 inside its kernel, and dropout uses a cheap mask that is drawn
-    again in backward rather than kept (hone.models.dropout.dropout_bmm)."""
+    softmax accumulates in fp32 inside its kernel, and dropout uses a cheap mask, which fp32
+    draws again in backward rather than keeping it (hone.models.dropout.dropout_bmm)."""
     G, H, L, D = q.shape
     scale = D**-0.5 if scale is None else scale
     qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (G * H, L, D)
