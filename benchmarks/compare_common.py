@@ -19,12 +19,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def start(cmd: list[str], log: Path, threads: int | None) -> tuple[subprocess.Popen, float]:
-    """Start a command with its output in `log` (and `threads` torch/OpenMP threads when given),
-    importing hone from this checkout."""
-    print("$", " ".join(cmd), flush=True)
+def start(cmd: list[str], log: Path, threads: int | None,
+          extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, float]:
+    """Start a command with its output in `log` (and `threads` torch/OpenMP threads when given,
+    and `extra_env` in its environment), importing hone from this checkout."""
+    print("$", " ".join(f"{k}={v}" for k, v in (extra_env or {}).items()), " ".join(cmd), flush=True)
     path = os.pathsep.join(p for p in (str(HERE.parent / "src"), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, PYTHONPATH=path, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    env = dict(os.environ, PYTHONPATH=path, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+               **(extra_env or {}))
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), time.perf_counter()
 
 

@@ -66,6 +66,19 @@ def split_wikitext(folder: Path, work: Path, held_out_articles: int, text_chars:
             "held_out": [work / "wiki.test-tail.raw"]}
 
 
+def sst2_text(glue_dir: Path, work: Path, sentences_per_document: int = 10) -> Path:
+    """SST-2's training sentences without their labels, as blank-line documents of
+    `sentences_per_document` lines each (in-domain text for the "task-adaptive" variant; the dev
+    sentences, which the fine-tuning scores on, are not in it)."""
+    rows = (glue_dir / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]  # header: sentence, label
+    sentences = [row.rsplit("\t", 1)[0].strip() for row in rows]
+    documents = ["\n".join(sentences[i:i + sentences_per_document])
+                 for i in range(0, len(sentences), sentences_per_document)]
+    path = work / "sst2-train-sentences.txt"
+    path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    return path
+
+
 def run_hone(args: list, work: Path, name: str, threads: int | None) -> dict:
     """`python -m hone ARGS` (this checkout's hone), its output in work/NAME.log: the command and
     its wall time; stops the script when it fails."""
@@ -156,6 +169,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--glue_epochs", type=float, default=2)
     p.add_argument("--glue_lr", type=float, default=1e-4)
     p.add_argument("--skip_glue", action="store_true")
+    p.add_argument("--with_sst2_text", action="store_true",
+                   help="Add SST-2's training sentences, without labels, to the pre-training text (task-adaptive "
+                        "pre-training: in-domain text that WikiText-2 lacks).")
     p.add_argument("--hardware", default="cpu")
     p.add_argument("--threads", type=int, help="torch/OpenMP threads per process.")
     p.add_argument("--seed", type=int, default=42)
@@ -168,6 +184,8 @@ def main(argv: list[str]) -> int:
 
     # 1. data: training text and held-out text (other articles), at both lengths
     texts = split_wikitext(Path(args.wikitext), work, size["held_out_articles"], size["text_chars"])
+    if args.with_sst2_text:
+        texts["train"].append(sst2_text(Path(args.glue_dir), work))
     steps: dict[str, dict] = {}
     for length, targets in ((128, 20), (512, 80)):
         for split, path in texts.items():
@@ -218,7 +236,8 @@ def main(argv: list[str]) -> int:
         for i in (1, 2)}
     figure = out.with_name(out.stem + "-losses.png")
     plot(curves, {"eval_mlm_loss": "held-out MLM loss", "eval_nsp_loss": "held-out NSP loss"}, figure,
-         f"BERT {size['layers']}x{size['hidden']} pre-trained on WikiText-2 "
+         f"BERT {size['layers']}x{size['hidden']} pre-trained on WikiText-2"
+         f"{' + SST-2 train sentences' if args.with_sst2_text else ''} "
          f"(held out: the last {size['held_out_articles']} articles of wiki.test)",
          xlabel="step (phase 2 after phase 1)")
 

@@ -97,7 +97,7 @@ def execs(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory.os, "execve", lambda *args: calls.append(args))
     monkeypatch.setattr(host_memory, "_program_argv", None)
-    for name in (host_memory.RELAUNCHED, "MIMALLOC_PURGE_DELAY", "LD_PRELOAD"):
+    for name in (host_memory.RELAUNCHED, "LD_PRELOAD", *host_memory.MIMALLOC_OPTIONS):
         monkeypatch.delenv(name, raising=False)
     return calls
 
@@ -116,6 +116,16 @@ def test_the_program_relaunches_itself_with_mimalloc_preloaded(execs):
     assert argv == [sys.executable, "-m", "hone", "qa", "--do_train"] and executable == sys.executable
     assert env["LD_PRELOAD"] == str(host_memory.find_mimalloc())
     assert env[host_memory.RELAUNCHED] == "mimalloc" and env["MIMALLOC_PURGE_DELAY"] == "5000"
+    assert env["MIMALLOC_ALLOW_THP"] == "0"
+
+
+@needs_mimalloc
+def test_the_users_own_mimalloc_settings_win(execs, monkeypatch):
+    monkeypatch.setenv("MIMALLOC_ALLOW_THP", "1")
+    host_memory.mark_program(["qa"])
+    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    ((_, _, env),) = execs
+    assert env["MIMALLOC_ALLOW_THP"] == "1" and env["MIMALLOC_PURGE_DELAY"] == "5000"
 
 
 @needs_mimalloc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from hone.engine.trainer import (
     TrainingDivergedError,
     data_workers,
     predict,
+    quiet_hand_over_errors,
 )
 from hone.errors import HoneError
 from hone.hardware import HardwareProfile
@@ -450,6 +452,32 @@ def test_log_records_report_peak_resident_memory(tmp_path):
     peak_now = resident_bytes("VmHWM") / 2**20
     assert records and all(0 < r["peak_memory_mb"] <= peak_now + 0.1 for r in records)
     assert records[-1]["peak_memory_mb"] >= records[0]["peak_memory_mb"]
+
+
+def _raised_in(filename: str, error: BaseException) -> tuple:
+    """exc_info of `error` raised by a function whose code lives in `filename`."""
+    scope: dict = {}
+    exec(compile("def serve(error):\n    raise error\n", filename, "exec"), scope)
+    try:
+        scope["serve"](error)
+    except BaseException:  # noqa: BLE001 - handing exc_info on is the point
+        return sys.exc_info()
+    raise AssertionError("serve did not raise")
+
+
+def test_workers_keep_a_stopped_hand_over_off_stderr(monkeypatch, capsys):
+    """Ctrl-C during a worker's hand-over of a batch's shared memory breaks the connection in the
+    worker's resource_sharer thread: that traceback is dropped, every other error still prints."""
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    quiet_hand_over_errors(0)
+    sharer = "/usr/lib/python3/multiprocessing/resource_sharer.py"
+    sys.excepthook(*_raised_in(sharer, BrokenPipeError(32, "Broken pipe")))
+    sys.excepthook(*_raised_in(sharer, ConnectionResetError(104, "Connection reset by peer")))
+    assert capsys.readouterr().err == ""
+    sys.excepthook(*_raised_in(sharer, ValueError("a real bug")))
+    sys.excepthook(*_raised_in("collate.py", BrokenPipeError(32, "Broken pipe")))
+    err = capsys.readouterr().err
+    assert "ValueError: a real bug" in err and "BrokenPipeError" in err and err.count("Traceback") == 2
 
 
 def test_data_workers_take_the_cpus_that_compute_leaves_free(monkeypatch):

@@ -17,7 +17,8 @@ mapped and faulted in afresh, which cost 28% of the samples/s of bf16 QA trainin
 
 The profile's `host_allocator: mimalloc` replaces glibc's malloc with mimalloc (the
 cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages unused for a
-few seconds: resident memory stays near the live tensors at full speed. An allocator has to be
+few seconds: resident memory stays near the live tensors at full speed, once it is kept off
+transparent huge pages (MIMALLOC_OPTIONS). An allocator has to be
 there before the process's first allocation, so `hone` relaunches itself once with it preloaded
 (`relaunch_with_allocator`), before any work.
 """
@@ -40,6 +41,10 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 # mimalloc hands pages back after they have been unused this long (its default, 10 ms, returns
 # them within a step and faults them in again: 0.8x the samples/s measured here)
 MIMALLOC_PURGE_DELAY_MS = 5000
+# and it may back its arenas with transparent huge pages, whose faults make the kernel compact
+# memory: a fp32 step then spent 4x the system time of glibc's (0.75x the samples/s, measured in
+# benchmarks/results/mimalloc-thp-*; the cause mimalloc's authors give in microsoft/mimalloc#1323)
+MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": str(MIMALLOC_PURGE_DELAY_MS), "MIMALLOC_ALLOW_THP": "0"}
 RELAUNCHED = "HONE_HOST_ALLOCATOR"  # set in the environment of the relaunched process
 _program_argv: list[str] | None = None  # `hone ...` as typed, when hone runs as the program
 
@@ -120,7 +125,7 @@ def exec_with_allocator(allocator: str, argv: list[str]) -> None:
         return
     env = dict(os.environ, LD_PRELOAD=os.pathsep.join(filter(None, (str(lib), os.environ.get("LD_PRELOAD")))),
                **{RELAUNCHED: allocator})
-    env.setdefault("MIMALLOC_PURGE_DELAY", str(MIMALLOC_PURGE_DELAY_MS))
+    env = {**MIMALLOC_OPTIONS, **env}  # the user's own settings win
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

@@ -32,7 +32,9 @@ import json
 import math
 import os
 import random
+import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -287,6 +289,23 @@ def data_workers(requested: int | None, device: torch.device, world_size: int = 
     return min(requested, cpus)
 
 
+def quiet_hand_over_errors(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a worker passes each batch's shared memory to the main process
+    from a background thread (multiprocessing.resource_sharer). When Ctrl-C stops the main process
+    during a hand-over, that thread's broken connection would print a traceback under the run's
+    one-line summary, for a batch nobody wants any more; every other error still prints."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, tb: object) -> None:
+        frames = traceback.extract_tb(tb) if tb is not None else []
+        if issubclass(kind, (ConnectionError, EOFError)) and any(
+                f.filename.endswith("resource_sharer.py") for f in frames):
+            return
+        previous(kind, error, tb)
+
+    sys.excepthook = hook
+
+
 class TrainerCallback:
     """Hooks into the loop (all optional): subclass and override what you need."""
 
@@ -396,6 +415,7 @@ class Trainer:
             train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn, num_workers=workers,
             pin_memory=profile.pin_memory and self.dist.device.type == "cuda",
             prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+            worker_init_fn=quiet_hand_over_errors if workers else None,
             # its own generator: worker seeds must not draw from the global RNG (exact resume)
             generator=torch.Generator().manual_seed(args.seed))
         self.total_steps = (args.max_steps if args.max_steps > 0
