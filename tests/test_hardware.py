@@ -21,7 +21,7 @@ GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="
            fused_optimizer=True, pin_memory=True)
 EXPECTED = {
     "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=True,
-                host_allocator="system"),
+                host_allocator="mimalloc"),
     "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True, fused_optimizer=True,
                      host_allocator="mimalloc"),
     "a100": GPU,
@@ -193,5 +193,5 @@ def test_host_allocator_choices():
 
 
 def test_only_cpu_runs_preload_an_allocator():
-    assert resolve_profile("cpu-bf16").allocator == "mimalloc"
+    assert resolve_profile("cpu-bf16").allocator == resolve_profile("cpu").allocator == "mimalloc"
     assert HardwareProfile(device="cuda", host_allocator="mimalloc").allocator == "system"

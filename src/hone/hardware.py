@@ -91,11 +91,10 @@ HOST_ALLOCATORS = ("system", "mimalloc")  # hone.engine.host_memory.relaunch_wit
 _GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="flash", unpad=True,
             fused_optimizer=True, pin_memory=True)
 PROFILES: dict[str, HardwareProfile] = {
-    # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too).
-    # glibc's malloc: mimalloc bounds memory in fp32 too, but cost 8-11% of the speed there.
-    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True),
-    # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md);
+    # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too);
     # mimalloc: an epoch's resident memory stays bounded at glibc's speed (engine/host_memory.py)
+    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True, host_allocator="mimalloc"),
+    # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md)
     "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True, fused_optimizer=True,
                                 host_allocator="mimalloc"),
     "a100": HardwareProfile(name="a100", **_GPU),
