@@ -339,6 +339,26 @@ def test_causal_attention_with_dropout_by_query_blocks():
     assert not torch.equal(outs[0][:, :, later:], outs[1][:, :, later:])
 
 
+def test_causal_attention_with_dropout_draws_hones_masks_in_the_compute_dtype():
+    """On a CPU with dropout, causal attention stays in bf16 (sdpa's math path would compute in
+    fp32) and draws hone's masks, not torch's element-by-element bernoulli: for one seed, the
+    same masks in fp32 and bf16, so the outputs agree to bf16's precision."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 16, generator=g) for _ in range(3))
+    torch.manual_seed(7)
+    with torch.profiler.profile() as prof:
+        exact = causal_attention(q, k, v, dropout_p=0.1, scale=None)
+    assert not [e.key for e in prof.key_averages() if "bernoulli" in e.key]
+    torch.manual_seed(7)
+    half = causal_attention(*(t.bfloat16() for t in (q, k, v)), dropout_p=0.1, scale=None)
+    assert half.dtype == torch.bfloat16 and half.shape == exact.shape
+    assert (half.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+    torch.manual_seed(8)
+    assert not torch.equal(causal_attention(q, k, v, dropout_p=0.1, scale=None), exact)  # another draw
+    one_sequence = causal_attention(q[0], k[0], v[0], dropout_p=0.1, scale=None)  # (H, T, D), as per sequence
+    assert one_sequence.shape == q[0].shape
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "gpt2"])
 def test_init_statistics_as_transformers(model_type):
     torch.manual_seed(0)

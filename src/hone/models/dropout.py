@@ -109,7 +109,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
 
 def dropout_bmm(probs: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
-    """bmm(dropout(probs, p), v) for (G, L, L) attention weights and (G, L, D) values. On a CPU in
+    """bmm(dropout(probs, p), v) for (G, Lq, Lk) attention weights and (G, Lk, D) values. On a CPU in
     fp32 the mask is drawn again in backward rather than kept (_DroppedBmm): with the dropped
     weights, 4-byte masks were the largest tensors an fp32 step held (a fifth of its peak:
     benchmarks/results/seeded-dropout-ab-*.json), and a second draw costs about 2% of an fp32

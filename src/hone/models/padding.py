@@ -34,7 +34,8 @@ Attention kernels (`KERNELS`, the hardware profile's `attention` field, set on a
   compute dtype (sdpa's math path, the only CPU one with dropout, would upcast bf16 to fp32)
   with a cheap dropout mask (hone.models.dropout): measured faster in fp32 and bf16 than one
   sdpa call per sequence (benchmarks/results/cpu-attention-ab-qa-minilm.json). Causal
-  sequences on a CPU: one sdpa call per sequence on its own tokens (`attention_per_sequence`).
+  sequences on a CPU: one call per sequence on its own tokens (`attention_per_sequence`),
+  with dropout in blocks of queries through the same dense kernel (`causal_attention`).
 - math: the same padded grid through sdpa's math backend only (the reference).
 - auto: flash where it runs, else sdpa.
 
@@ -561,22 +562,25 @@ def attention_grouped(
 
 
 def dense_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, *, dropout_p: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None, *, dropout_p: float,
     scale: float | None
 ) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v on (G, H, L, D), written out in the inputs' dtype:
-    bf16 stays bf16 (sdpa's math path, the only one with dropout on a CPU, upcasts to fp32),
-    softmax accumulates in fp32 inside its kernel, and dropout uses a cheap mask, which fp32
-    draws again in backward rather than keeping it (hone.models.dropout.dropout_bmm)."""
-    G, H, L, D = q.shape
+    """softmax(q k^T * scale over the allowed keys) v: queries (G, H, Lq, D), keys and values
+    (G, H, Lk, D); `allowed` a boolean mask broadcastable to (G, H, Lq, Lk) (keys of each
+    sequence, or a causal block), None for all. Written out in the inputs' dtype: bf16 stays
+    bf16 (sdpa's math path, the only one with dropout on a CPU, upcasts to fp32), softmax
+    accumulates in fp32 inside its kernel, and dropout uses a cheap mask, which fp32 draws again
+    in backward rather than keeping it (hone.models.dropout.dropout_bmm)."""
+    G, H, _, D = q.shape
     scale = D**-0.5 if scale is None else scale
     qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # (G * H, L, D)
-    if key_mask is None:
+    if allowed is None:
         scores = torch.baddbmm(qf.new_empty(()), qf, kf.transpose(1, 2), beta=0.0, alpha=scale)
     else:
-        bias = torch.zeros(key_mask.shape, dtype=q.dtype).masked_fill_(~key_mask, float("-inf"))
-        bias = bias.expand(G, H, 1, L).reshape(G * H, 1, L)
-        scores = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)  # (G * H, L, L)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype).masked_fill_(~allowed, float("-inf"))
+        if bias.dim() == 4:
+            bias = bias.expand(G, H, *bias.shape[2:]).flatten(0, 1)  # (G * H, 1 or Lq, Lk)
+        scores = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)  # (G * H, Lq, Lk)
     probs = torch.softmax(scores, dim=-1)
     return dropout_bmm(probs, vf, dropout_p).unflatten(0, (G, H))
 
@@ -584,24 +588,22 @@ def dense_attention(
 def causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, scale: float | None
 ) -> torch.Tensor:
-    """Causal sdpa of (..., T, D) queries, keys and values, no mask tensor.
+    """Causal attention of (..., H, T, D) queries, keys and values.
 
-    With dropout on a CPU, sdpa has no fused kernel and its math path scores all T x T pairs,
-    half of them masked. Run it instead on a few blocks of queries, each over only the keys
-    it may see (the block's own keys masked causally): the same attention, about half the
-    scores, measured ~2x faster forward + backward at T = 512 and 1024.
+    With dropout on a CPU, sdpa has no fused kernel: its math path scores all T x T pairs, half
+    of them masked, in fp32 even for bf16, with torch's slow mask draws. Run `dense_attention`
+    instead on a few blocks of queries, each over only the keys it may see (the block's own
+    keys masked causally): the same attention, about half the scores.
     """
     T = q.shape[-2]
-    blocks = min(4, T // 128)
-    if dropout_p == 0.0 or q.device.type != "cpu" or blocks < 2 or k.shape[-2] != T:
+    if dropout_p == 0.0 or q.device.type != "cpu" or k.shape[-2] != T:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
-    size = -(-T // blocks)
-    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    size = -(-T // max(1, min(4, T // 128)))
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    q4, k4, v4 = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))  # (G, H, T, D)
     outs = [
-        F.scaled_dot_product_attention(
-            q[..., a : a + size, :], k[..., : a + size, :], v[..., : a + size, :],
-            attn_mask=allowed[a : a + size, : a + size], dropout_p=dropout_p, scale=scale,
-        )
+        dense_attention(q4[..., a : a + size, :], k4[..., : a + size, :], v4[..., : a + size, :],
+                        allowed[a : a + size, : a + size], dropout_p=dropout_p, scale=scale)
         for a in range(0, T, size)
     ]
-    return torch.cat(outs, dim=-2)
+    return torch.cat(outs, dim=-2).reshape(*q.shape[:-1], v.shape[-1])
