@@ -73,7 +73,7 @@ def plot(samples: list[tuple[float, int]], steps: list[dict], title: str, path: 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot([t / 60 for t, _ in samples], [r / 2**30 for _, r in samples], lw=1, label="resident (VmRSS)")
-    ax.axhline(2.5, color="red", ls="--", lw=1, label="2.5 GB target")
+    ax.axhline(2.5e9 / 2**30, color="red", ls="--", lw=1, label="2.5 GB target (2.33 GiB)")
     ax.set_xlabel("minutes")
     ax.set_ylabel("GiB")
     ax.set_title(title)

@@ -18,9 +18,9 @@ mapped and faulted in afresh, which cost 28% of the samples/s of bf16 QA trainin
 The profile's `host_allocator: mimalloc` replaces glibc's malloc with mimalloc (the
 cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages unused for a
 few seconds: resident memory stays near the live tensors at full speed, once it is kept off
-transparent huge pages (MIMALLOC_OPTIONS). An allocator has to be
-there before the process's first allocation, so `hone` relaunches itself once with it preloaded
-(`relaunch_with_allocator`), before any work.
+transparent huge pages (MIMALLOC_OPTIONS). An allocator has to be there before the process's
+first allocation, so `hone` relaunches itself once with it preloaded (`relaunch_with_allocator`),
+before any work.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 # mimalloc hands pages back after they have been unused this long (its default, 10 ms, returns
 # them within a step and faults them in again: 0.8x the samples/s measured here)
 MIMALLOC_PURGE_DELAY_MS = 5000
-# and it may back its arenas with transparent huge pages, whose faults make the kernel compact
-# memory: a fp32 step then spent 4x the system time of glibc's (0.75x the samples/s, measured in
-# benchmarks/results/mimalloc-thp-*; the cause mimalloc's authors give in microsoft/mimalloc#1323)
+# and it backs its arenas with transparent huge pages where the system allows them, whose faults
+# make the kernel compact memory: 4-6x glibc's system CPU time and 0.87x its samples/s in fp32
+# and bf16 training (benchmarks/results/host-memory-ab-cpu*-mimalloc-thp-2026-12-02.json; the
+# cause mimalloc's authors give in microsoft/mimalloc#1323). So hone turns them off.
 MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": str(MIMALLOC_PURGE_DELAY_MS), "MIMALLOC_ALLOW_THP": "0"}
 RELAUNCHED = "HONE_HOST_ALLOCATOR"  # set in the environment of the relaunched process
 _program_argv: list[str] | None = None  # `hone ...` as typed, when hone runs as the program
