@@ -37,6 +37,7 @@ from pathlib import Path
 from compare_common import HERE, environment, finish, setup_run, start, write_result
 
 from hone.cli import SUBCOMMANDS
+from hone.data.glue import read_glue_file
 
 DATA = HERE.parent.parent / "shared" / "data"
 ARTICLE = re.compile(r"^ = [^=].* = $", re.MULTILINE)  # a WikiText article's title line
@@ -70,8 +71,7 @@ def sst2_text(glue_dir: Path, work: Path, sentences_per_document: int = 10) -> P
     """SST-2's training sentences without their labels, as blank-line documents of
     `sentences_per_document` lines each (in-domain text for the "task-adaptive" variant; the dev
     sentences, which the fine-tuning scores on, are not in it)."""
-    rows = (glue_dir / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]  # header: sentence, label
-    sentences = [row.rsplit("\t", 1)[0].strip() for row in rows]
+    sentences = [text.strip() for text in read_glue_file(glue_dir / "train.tsv", "sst2", "train").texts]
     documents = ["\n".join(sentences[i:i + sentences_per_document])
                  for i in range(0, len(sentences), sentences_per_document)]
     path = work / "sst2-train-sentences.txt"

@@ -21,11 +21,12 @@ from pathlib import Path
 from compare_common import RESULTS, environment, write_result
 from pretrain_two_phase import DATA, glue
 
+from hone.data.glue import read_glue_file
+
 
 def majority_rate(glue_dir: Path) -> float:
     """The dev accuracy of always answering the more frequent label."""
-    rows = (glue_dir / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    positive = sum(row.rsplit("\t", 1)[1].strip() == "1" for row in rows) / len(rows)
+    positive = float(read_glue_file(glue_dir / "dev.tsv", "sst2", "validation").labels.mean())
     return max(positive, 1.0 - positive)
 
 
