@@ -7,6 +7,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from hone import hardware
 from hone.hardware import (
     PROFILES,
     HardwareError,
@@ -195,3 +196,26 @@ def test_host_allocator_choices():
 def test_only_cpu_runs_preload_an_allocator():
     assert resolve_profile("cpu-bf16").allocator == resolve_profile("cpu").allocator == "mimalloc"
     assert HardwareProfile(device="cuda", host_allocator="mimalloc").allocator == "system"
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_precision_warning_names_missing_cpu_bf16_units(monkeypatch, units):
+    """cpu-bf16 on a CPU without avx512_bf16/AMX computes right but emulates every matmul: the run
+    says so and names the fp32 profile; fp32 profiles and GPUs never get the notice."""
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: units)
+    warning = hardware.precision_warning(resolve_profile("cpu-bf16"))
+    if units:
+        assert warning is None
+    else:
+        assert "no bf16 units" in warning and "--hardware cpu" in warning and "'cpu-bf16'" in warning
+    assert hardware.precision_warning(resolve_profile("cpu")) is None
+    assert hardware.precision_warning(resolve_profile("h100", check_device=False)) is None
+
+
+def test_cpu_has_reads_cpuinfo_flags(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 fma\n")
+    real_path = hardware.Path
+    monkeypatch.setattr(hardware, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    assert hardware.cpu_has("avx2") and hardware.cpu_has("avx512_bf16", "avx2")
+    assert not hardware.cpu_has("avx512_bf16", "amx_bf16") and not hardware.cpu_supports_bf16()

@@ -56,7 +56,7 @@ from hone.engine.optim import build_optimizer
 from hone.engine.precision import autocast, autocast_dtype, build_loss_scaler, configure_tf32
 from hone.engine.trainer import apply_execution_profile
 from hone.errors import HoneError
-from hone.hardware import HardwareProfile, effective_attention, resolve_profile
+from hone.hardware import HardwareProfile, effective_attention, precision_warning, resolve_profile
 from hone.models.base import ModelConfig
 from hone.models.checkpoint import MODEL_CLASSES, build_model, config_from_dict, load_config, load_model
 from hone.models.presets import PRESETS, preset
@@ -411,6 +411,8 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
     relaunch_with_allocator(profile.allocator, "bench")  # both systems then run on it (machine.host_allocator)
+    if warning := precision_warning(profile):
+        log.warning("notice: %s", warning)
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
         profile = replace(profile, cpu_threads=args.threads)
     if args.mode is not None:

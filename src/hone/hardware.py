@@ -221,13 +221,29 @@ def profile_for_device(device_name: str | None, capability: tuple[int, int] | No
     return profile
 
 
-def cpu_supports_bf16() -> bool:
-    """True when /proc/cpuinfo lists avx512_bf16 or AMX (where cpu-bf16 pays off)."""
+def cpu_has(*flags: str) -> bool:
+    """True when /proc/cpuinfo lists any of `flags` (False where it cannot be read)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(flag in text for flag in flags)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has bf16 units, avx512_bf16 or AMX (where cpu-bf16 pays off)."""
+    return cpu_has("avx512_bf16", "amx_bf16")
+
+
+def precision_warning(profile: HardwareProfile) -> str | None:
+    """Why `profile`'s precision will be slow on this machine, or None: bf16 on a CPU without bf16
+    units still computes correctly, but oneDNN then emulates every bf16 matmul, dozens of times
+    slower than fp32 (an AVX2-only EPYC measured 1 GFLOP/s against 108 in fp32)."""
+    if profile.device == "cpu" and profile.precision == "bf16" and not cpu_supports_bf16():
+        return (f"hardware profile '{profile.name}' computes in bf16, but this CPU has no bf16 units "
+                "(no avx512_bf16 or amx_bf16 in /proc/cpuinfo): bf16 matmuls are emulated, dozens of times "
+                "slower than fp32. Use --hardware cpu (fp32) on this machine.")
+    return None
 
 
 @functools.cache

@@ -56,7 +56,7 @@ from hone.export.runtime import (
     run_batches,
     stack_rows,
 )
-from hone.hardware import cpu_supports_bf16
+from hone.hardware import cpu_has, cpu_supports_bf16
 from hone.metrics.squad import postprocess_qa_predictions, squad_evaluate
 from hone.models.checkpoint import load_config, load_model
 from hone.reporting import machine_info, versions
@@ -150,14 +150,6 @@ class BenchData:
 
 # ----------------------------------------------------------------------------- configurations
 
-def _cpu_has(*flags: str) -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in text for f in flags)
-
-
 def skip_reason(backend: str, precision: str, device: str, has_weights: bool, has_onnx: bool) -> str | None:
     """Why a backend x precision cannot (or should not) run here; None when it can."""
     torch_side = backend != "onnxruntime"
@@ -171,7 +163,7 @@ def skip_reason(backend: str, precision: str, device: str, has_weights: bool, ha
         return "onnxruntime's CPU provider has no bf16 kernels for these graphs; its reduced precisions are fp16, int8"
     if device == "cpu" and precision == "bf16" and not cpu_supports_bf16():
         return "this CPU has no bf16 units (avx512_bf16 / AMX): bf16 would be emulated"
-    if device == "cpu" and torch_side and precision == "fp16" and not _cpu_has("avx512_fp16", "amx_fp16"):
+    if device == "cpu" and torch_side and precision == "fp16" and not cpu_has("avx512_fp16", "amx_fp16"):
         return "this CPU has no fp16 matmul units (avx512_fp16 / AMX-FP16): PyTorch fp16 is a GPU precision here"
     return None
 

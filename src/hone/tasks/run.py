@@ -40,7 +40,7 @@ from hone.engine.host_memory import relaunch_with_allocator
 from hone.engine.output_dir import RECORD, TRAINING_OUTPUTS, OutputDir
 from hone.engine.trainer import Trainer, TrainerCallback, predict, set_seed
 from hone.errors import HoneError, RunInterrupted
-from hone.hardware import parse_overrides, resolve_profile
+from hone.hardware import parse_overrides, precision_warning, resolve_profile
 from hone.models.base import ModelConfig, PreTrainedModule
 from hone.models.checkpoint import build_model, load_config, load_model
 
@@ -123,6 +123,8 @@ class Run:
         set_seed(args.seed)
         if self.dist.is_main:
             log.info(format_effective_config(args, self.profile, self.dist.world_size))
+            if warning := precision_warning(self.profile):
+                log.warning("notice: %s", warning)
         self.output.write_record(
             task=recipe.name, command=self.command, run_name=args.run_name, status="running", error=None,
             settings={**dataclasses.asdict(args), **dataclasses.asdict(task_args)},
