@@ -8,6 +8,8 @@ import csv
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +244,19 @@ def test_cpu_peak_memory_sees_a_freed_allocation():
     block = torch.ones(64 * 2**20 // 4)
     del block
     assert meter.peak_bytes() >= 60 * 2**20 and meter.exact
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_cpu_peak_rss_forgets_the_process_before_an_exec():
+    """hone relaunches itself (os.execve) onto its allocator; getrusage's ru_maxrss then still
+    holds the first process's peak, the process's VmHWM does not."""
+    after_exec = ("import resource; from hone import perf; "
+                  "print(perf._max_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    before_exec = (f"import os, sys; block = b'x' * 2**30; "
+                   f"os.execv(sys.executable, [sys.executable, '-c', {after_exec!r}])")
+    out = subprocess.run([sys.executable, "-c", before_exec], capture_output=True, text=True, check=True)
+    ours, rusage = map(int, out.stdout.split())
+    assert rusage >= 2**30 > ours
 
 
 # ----------------------------------------------------------------------------- errors

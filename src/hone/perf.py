@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from hone.engine.host_memory import release_free_host_memory
+from hone.engine.host_memory import release_free_host_memory, resident_bytes
 from hone.models.base import ModelConfig
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' data sheets.
@@ -92,15 +92,16 @@ def train_flops(config: ModelConfig, task: str | None, seq_len: int) -> float:
 
 def _current_rss() -> int:
     """Resident set size now, in bytes (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-    return pages * resource.getpagesize()
+    return resident_bytes("VmRSS") or 0
 
 
 def _max_rss() -> int:
-    """Peak resident set size of this process in bytes (getrusage; kB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process in bytes: /proc's VmHWM, which clear_refs resets and
+    an exec starts afresh, else getrusage (kB on Linux, bytes on macOS). getrusage is not used on
+    Linux: after hone's allocator relaunch (an exec) it also counts the process before it."""
+    peak = resident_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
@@ -109,7 +110,7 @@ class PeakMemory:
     """Peak memory of one stretch of work (a benchmark system's load + train steps).
 
     CUDA: torch.cuda.max_memory_allocated after resetting the peak (tensors only, not
-    the allocator's cache). CPU: the peak RSS (getrusage ru_maxrss) minus the RSS at
+    the allocator's cache). CPU: the peak RSS (VmHWM) minus the RSS at
     start, after freeing what earlier work left (gc, glibc malloc_trim) and resetting the
     kernel's high-water mark through /proc/self/clear_refs. Where that reset is not
     possible (not Linux) the figure is a lower bound: growth above the earlier peak.
