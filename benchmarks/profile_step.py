@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     profile_ = resolve_profile(args.hardware, args.hardware_overrides)
-    exec_with_allocator(profile_.allocator, [sys.executable, *sys.argv])  # as `hone bench` would
+    exec_with_allocator(profile_.allocator, [sys.executable, *sys.argv], profile_.host_allocator_purge_ms)  # as `hone bench` would
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)

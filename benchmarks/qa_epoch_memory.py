@@ -86,7 +86,7 @@ def plot(samples: list[tuple[float, int]], steps: list[dict], title: str, path: 
 def main() -> None:
     args = parse_args()
     profile = resolve_profile(args.hardware, args.hardware_overrides)
-    exec_with_allocator(profile.allocator, [sys.executable, *sys.argv])  # as `hone qa` would
+    exec_with_allocator(profile.allocator, [sys.executable, *sys.argv], profile.host_allocator_purge_ms)  # as `hone qa` would
     from hone.tasks import qa
 
     out = Path(args.out)

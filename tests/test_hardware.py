@@ -22,9 +22,9 @@ GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention="
            fused_optimizer=True, pin_memory=True)
 EXPECTED = {
     "cpu": dict(device="cpu", precision="fp32", compile=False, attention="auto", unpad=True, fused_optimizer=True,
-                host_allocator="mimalloc"),
+                host_allocator="mimalloc", host_allocator_purge_ms=-1),
     "cpu-bf16": dict(device="cpu", precision="bf16", compile=False, attention="auto", unpad=True, fused_optimizer=True,
-                     host_allocator="mimalloc"),
+                     host_allocator="mimalloc", host_allocator_purge_ms=5000),
     "a100": GPU,
     "h100": GPU,
 }
@@ -146,6 +146,7 @@ def test_later_override_wins():
     ("loss_scaling=lots", r"loss_scaling must be 'dynamic' or a positive number"),
     ("replicas=0", r"replicas must be >= 1"),
     ("cpu_threads=0", r"cpu_threads must be >= 1"),
+    ("host_allocator_purge_ms=-5", r"host_allocator_purge_ms must be >= 0 \(milliseconds\) or -1 \(never\)"),
     ("device=tpu", r"device must be one of cpu, cuda"),
 ])
 def test_override_errors(overrides, match):

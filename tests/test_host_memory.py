@@ -105,25 +105,26 @@ def execs(monkeypatch):
 @needs_mimalloc
 def test_the_program_relaunches_itself_with_mimalloc_preloaded(execs):
     assert host_memory.allocator_in_use() == "system"  # pytest runs on glibc's malloc
-    host_memory.relaunch_with_allocator("mimalloc", "qa")  # a call from Python (tests): never
+    host_memory.relaunch_with_allocator("mimalloc", "qa", 5000)  # a call from Python (tests): never
     host_memory.mark_program(["demo", "--output_dir", "d"])
-    host_memory.relaunch_with_allocator("mimalloc", "qa")  # the qa run inside `hone demo`: no
-    host_memory.relaunch_with_allocator("system", "demo")  # nothing to preload
+    host_memory.relaunch_with_allocator("mimalloc", "qa", 5000)  # the qa run inside `hone demo`: no
+    host_memory.relaunch_with_allocator("system", "demo", 5000)  # nothing to preload
     assert execs == []
     host_memory.mark_program(["qa", "--do_train"])
-    host_memory.relaunch_with_allocator("mimalloc", "qa")
-    ((executable, argv, env),) = execs
+    host_memory.relaunch_with_allocator("mimalloc", "qa", 5000)
+    host_memory.relaunch_with_allocator("mimalloc", "qa", -1)  # the profile's purge delay; -1: never
+    ((executable, argv, env), (_, _, never)) = execs
     assert argv == [sys.executable, "-m", "hone", "qa", "--do_train"] and executable == sys.executable
     assert env["LD_PRELOAD"] == str(host_memory.find_mimalloc())
     assert env[host_memory.RELAUNCHED] == "mimalloc" and env["MIMALLOC_PURGE_DELAY"] == "5000"
-    assert env["MIMALLOC_ALLOW_THP"] == "0"
+    assert env["MIMALLOC_ALLOW_THP"] == "0" and never["MIMALLOC_PURGE_DELAY"] == "-1"
 
 
 @needs_mimalloc
 def test_the_users_own_mimalloc_settings_win(execs, monkeypatch):
     monkeypatch.setenv("MIMALLOC_ALLOW_THP", "1")
     host_memory.mark_program(["qa"])
-    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    host_memory.relaunch_with_allocator("mimalloc", "qa", 5000)
     ((_, _, env),) = execs
     assert env["MIMALLOC_ALLOW_THP"] == "1" and env["MIMALLOC_PURGE_DELAY"] == "5000"
 
@@ -132,10 +133,10 @@ def test_the_users_own_mimalloc_settings_win(execs, monkeypatch):
 def test_a_failed_preload_or_a_missing_library_is_a_notice_not_a_loop(execs, monkeypatch, caplog):
     host_memory.mark_program(["qa"])
     monkeypatch.setenv(host_memory.RELAUNCHED, "mimalloc")  # relaunched, yet mimalloc is not mapped
-    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    host_memory.relaunch_with_allocator("mimalloc", "qa", 5000)
     monkeypatch.delenv(host_memory.RELAUNCHED)
     monkeypatch.setattr(host_memory, "find_mimalloc", lambda: None)
-    host_memory.relaunch_with_allocator("mimalloc", "qa")
+    host_memory.relaunch_with_allocator("mimalloc", "qa", 5000)
     assert execs == []
     notices = [r.getMessage() for r in caplog.records]
     assert "did not load" in notices[0] and "pip install cmeel-mimalloc" in notices[1]

@@ -410,7 +410,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
-    relaunch_with_allocator(profile.allocator, "bench")  # both systems then run on it (machine.host_allocator)
+    relaunch_with_allocator(profile.allocator, "bench", profile.host_allocator_purge_ms)  # both systems then run on it (machine.host_allocator)
     if warning := precision_warning(profile):
         log.warning("notice: %s", warning)
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads

@@ -44,6 +44,7 @@ class HardwareProfile:
     bound_host_memory: bool = False           # CPU: cap oneDNN's cache, fix glibc's mmap threshold; slower (host_memory)
     bucket_tokens: int | None = None          # unpadded: pad token streams to a multiple (0 off; None: seq/2 if compiled)
     host_allocator: str = "system"            # CPU: system | mimalloc (preloaded; bounded memory, see host_memory)
+    host_allocator_purge_ms: int = 5000       # mimalloc: ms before unused pages go back to the OS (-1: never)
 
     @property
     def execution_mode(self) -> str:
@@ -92,10 +93,15 @@ _GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention=
             fused_optimizer=True, pin_memory=True)
 PROFILES: dict[str, HardwareProfile] = {
     # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too);
-    # mimalloc: an epoch's resident memory stays bounded (engine/host_memory.py), at 1.03x
-    # glibc's speed in bf16 and 0.96x in fp32 (spread 0.85-1.08x), for half the fp32 peak
-    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True, host_allocator="mimalloc"),
-    # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md)
+    # mimalloc: an epoch's resident memory stays bounded (engine/host_memory.py). In fp32 it
+    # never hands pages back: purging cost 2-3x glibc's system CPU time and 0.96x its speed,
+    # kept pages 1.05x and a fp32 epoch's peak still under the bound
+    # (benchmarks/results/host-memory-ab-cpu-mimalloc-purge-avx2-2026-12-02.json, qa-epoch-memory-*)
+    "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True, host_allocator="mimalloc",
+                           host_allocator_purge_ms=-1),
+    # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md);
+    # mimalloc purging after 5 s: 1.03x glibc's speed, and a bf16 epoch's peak (2.32 GiB) has no
+    # room for pages kept
     "cpu-bf16": HardwareProfile(name="cpu-bf16", precision="bf16", unpad=True, fused_optimizer=True,
                                 host_allocator="mimalloc"),
     "a100": HardwareProfile(name="a100", **_GPU),
@@ -289,6 +295,9 @@ def validate_profile(profile: HardwareProfile, *, check_device: bool = True) -> 
         value = getattr(profile, key)
         if value is not None and value < 1:
             raise HardwareError(f"{where}: {key} must be >= 1, got {value}")
+    if profile.host_allocator_purge_ms < -1:
+        raise HardwareError(f"{where}: host_allocator_purge_ms must be >= 0 (milliseconds) or -1 (never), "
+                            f"got {profile.host_allocator_purge_ms}")
     if check_device and profile.device == "cuda":
         import torch
 

@@ -16,9 +16,10 @@ mapped and faulted in afresh, which cost 28% of the samples/s of bf16 QA trainin
 (benchmarks/results/host-memory-ab-*).
 
 The profile's `host_allocator: mimalloc` replaces glibc's malloc with mimalloc (the
-cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages unused for a
-few seconds: resident memory stays near the live tensors at full speed, once it is kept off
-transparent huge pages (MIMALLOC_OPTIONS). An allocator has to be there before the process's
+cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages unused for the
+profile's host_allocator_purge_ms (5 s; never in fp32, where returning them cost system CPU
+time and there is room to keep them): resident memory stays near the live tensors at full
+speed, once it is kept off transparent huge pages (MIMALLOC_OPTIONS). An allocator has to be there before the process's
 first allocation, so `hone` relaunches itself once with it preloaded (`relaunch_with_allocator`),
 before any work.
 """
@@ -38,14 +39,13 @@ log = logging.getLogger("hone")
 ONEDNN_CACHE_CAPACITY = 64  # primitives; one MiniLM/BERT training step creates a few dozen
 MMAP_THRESHOLD = 1 << 20  # bytes: tensors from 1 MiB up get their own mapping
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-# mimalloc hands pages back after they have been unused this long (its default, 10 ms, returns
-# them within a step and faults them in again: 0.8x the samples/s measured here)
-MIMALLOC_PURGE_DELAY_MS = 5000
-# and it backs its arenas with transparent huge pages where the system allows them, whose faults
+# mimalloc hands pages back after they have been unused for the profile's host_allocator_purge_ms
+# (its own default, 10 ms, returns them within a step and faults them in again: 0.8x the
+# samples/s measured here), and it backs its arenas with transparent huge pages where the system allows them, whose faults
 # make the kernel compact memory: 4-6x glibc's system CPU time and 0.87x its samples/s in fp32
 # and bf16 training (benchmarks/results/host-memory-ab-cpu*-mimalloc-thp-2026-12-02.json; the
 # cause mimalloc's authors give in microsoft/mimalloc#1323). So hone turns them off.
-MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": str(MIMALLOC_PURGE_DELAY_MS), "MIMALLOC_ALLOW_THP": "0"}
+MIMALLOC_OPTIONS = ("MIMALLOC_PURGE_DELAY", "MIMALLOC_ALLOW_THP")  # what hone sets; the user's values win
 RELAUNCHED = "HONE_HOST_ALLOCATOR"  # set in the environment of the relaunched process
 _program_argv: list[str] | None = None  # `hone ...` as typed, when hone runs as the program
 
@@ -104,18 +104,18 @@ def allocator_in_use() -> str:
         return "system"
 
 
-def relaunch_with_allocator(allocator: str, command: str) -> None:
+def relaunch_with_allocator(allocator: str, command: str, purge_ms: int) -> None:
     """When this process is the `hone COMMAND ...` program (not a call from Python, nor a
     recipe run inside another command), relaunch it with `allocator` (exec_with_allocator)."""
     if _program_argv and _program_argv[0] == command:
-        exec_with_allocator(allocator, [sys.executable, "-m", "hone", *_program_argv])
+        exec_with_allocator(allocator, [sys.executable, "-m", "hone", *_program_argv], purge_ms)
 
 
-def exec_with_allocator(allocator: str, argv: list[str]) -> None:
+def exec_with_allocator(allocator: str, argv: list[str], purge_ms: int) -> None:
     """Replace this process (os.execve: same PID and environment) by `argv` with `allocator`
-    preloaded, on Linux, unless it is loaded already. Where the library is missing, or a
-    relaunch already happened, say so once and carry on with the system allocator: memory is
-    then less bounded, nothing else changes."""
+    preloaded, on Linux, unless it is loaded already; mimalloc purges pages unused for
+    `purge_ms` (-1: never). Where the library is missing, or a relaunch already happened, say so
+    once and carry on with the system allocator: memory is then less bounded, nothing else changes."""
     if allocator == "system" or not sys.platform.startswith("linux") or allocator_in_use() == allocator:
         return
     lib = find_mimalloc()
@@ -126,7 +126,7 @@ def exec_with_allocator(allocator: str, argv: list[str]) -> None:
         return
     env = dict(os.environ, LD_PRELOAD=os.pathsep.join(filter(None, (str(lib), os.environ.get("LD_PRELOAD")))),
                **{RELAUNCHED: allocator})
-    env = {**MIMALLOC_OPTIONS, **env}  # the user's own settings win
+    env = {"MIMALLOC_PURGE_DELAY": str(purge_ms), "MIMALLOC_ALLOW_THP": "0", **env}  # the user's own settings win
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)

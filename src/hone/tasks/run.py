@@ -108,7 +108,7 @@ class Run:
         self.trainer: Trainer | None = None
         self._check_phases()
         self.profile = resolve_profile(args.hardware, args.hardware_overrides)
-        relaunch_with_allocator(self.profile.allocator, recipe.name)  # before any work: it may replace the process
+        relaunch_with_allocator(self.profile.allocator, recipe.name, self.profile.host_allocator_purge_ms)  # before any work: it may replace the process
         self.dist = distributed.init_distributed(self.profile)
         self.model_config = self._model_config()
         self._fit_max_seq_length()
