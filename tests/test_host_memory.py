@@ -97,7 +97,7 @@ def execs(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory.os, "execve", lambda *args: calls.append(args))
     monkeypatch.setattr(host_memory, "_program_argv", None)
-    for name in (host_memory.RELAUNCHED, "LD_PRELOAD", *host_memory.MIMALLOC_OPTIONS):
+    for name in (host_memory.RELAUNCHED, "LD_PRELOAD", *host_memory.mimalloc_options(0)):
         monkeypatch.delenv(name, raising=False)
     return calls
 

@@ -94,9 +94,9 @@ _GPU = dict(device="cuda", precision="bf16", tf32=True, compile=True, attention=
 PROFILES: dict[str, HardwareProfile] = {
     # fused AdamW: one kernel per parameter for the whole update (torch has it on CPUs too);
     # mimalloc: an epoch's resident memory stays bounded (engine/host_memory.py). In fp32 it
-    # never hands pages back: purging cost 2-3x glibc's system CPU time and 0.96x its speed,
-    # kept pages 1.05x and a fp32 epoch's peak still under the bound
-    # (benchmarks/results/host-memory-ab-cpu-mimalloc-purge-avx2-2026-12-02.json, qa-epoch-memory-*)
+    # never hands pages back: purging cost 2-3x glibc's system CPU time and 0.96x its speed;
+    # kept pages ran at 1.008x glibc (3 pairs) with a fp32 epoch's peak under the bound (2.13 GiB;
+    # benchmarks/results/host-memory-ab-cpu-*-avx2-2026-12-02.json, qa-epoch-memory-*-nopurge-*)
     "cpu": HardwareProfile(name="cpu", unpad=True, fused_optimizer=True, host_allocator="mimalloc",
                            host_allocator_purge_ms=-1),
     # bf16 autocast: ~2.4x on matmuls where the CPU has avx512_bf16 / AMX (see reference.md);

@@ -19,8 +19,8 @@ The profile's `host_allocator: mimalloc` replaces glibc's malloc with mimalloc (
 cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages unused for the
 profile's host_allocator_purge_ms (5 s; never in fp32, where returning them cost system CPU
 time and there is room to keep them): resident memory stays near the live tensors at full
-speed, once it is kept off transparent huge pages (MIMALLOC_OPTIONS). An allocator has to be there before the process's
-first allocation, so `hone` relaunches itself once with it preloaded (`relaunch_with_allocator`),
+speed, once it is kept off transparent huge pages (mimalloc_options). An allocator has to be
+there before the process's first allocation, so `hone` relaunches itself once with it preloaded (`relaunch_with_allocator`),
 before any work.
 """
 
@@ -39,13 +39,6 @@ log = logging.getLogger("hone")
 ONEDNN_CACHE_CAPACITY = 64  # primitives; one MiniLM/BERT training step creates a few dozen
 MMAP_THRESHOLD = 1 << 20  # bytes: tensors from 1 MiB up get their own mapping
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-# mimalloc hands pages back after they have been unused for the profile's host_allocator_purge_ms
-# (its own default, 10 ms, returns them within a step and faults them in again: 0.8x the
-# samples/s measured here), and it backs its arenas with transparent huge pages where the system allows them, whose faults
-# make the kernel compact memory: 4-6x glibc's system CPU time and 0.87x its samples/s in fp32
-# and bf16 training (benchmarks/results/host-memory-ab-cpu*-mimalloc-thp-2026-12-02.json; the
-# cause mimalloc's authors give in microsoft/mimalloc#1323). So hone turns them off.
-MIMALLOC_OPTIONS = ("MIMALLOC_PURGE_DELAY", "MIMALLOC_ALLOW_THP")  # what hone sets; the user's values win
 RELAUNCHED = "HONE_HOST_ALLOCATOR"  # set in the environment of the relaunched process
 _program_argv: list[str] | None = None  # `hone ...` as typed, when hone runs as the program
 
@@ -104,6 +97,17 @@ def allocator_in_use() -> str:
         return "system"
 
 
+def mimalloc_options(purge_ms: int) -> dict[str, str]:
+    """The environment hone gives mimalloc (the user's own values win). It hands pages back after
+    they have been unused for `purge_ms` (-1: never; mimalloc's own 10 ms returns them within a
+    step and faults them in again: 0.8x the samples/s measured here). And it backs its arenas
+    with transparent huge pages where the system allows them, whose faults make the kernel
+    compact memory: 4-6x glibc's system CPU time and 0.87x its samples/s in fp32 and bf16
+    training (benchmarks/results/host-memory-ab-cpu*-mimalloc-thp-2026-12-02.json; the cause
+    mimalloc's authors give in microsoft/mimalloc#1323), so hone turns them off."""
+    return {"MIMALLOC_PURGE_DELAY": str(purge_ms), "MIMALLOC_ALLOW_THP": "0"}
+
+
 def relaunch_with_allocator(allocator: str, command: str, purge_ms: int) -> None:
     """When this process is the `hone COMMAND ...` program (not a call from Python, nor a
     recipe run inside another command), relaunch it with `allocator` (exec_with_allocator)."""
@@ -126,7 +130,7 @@ def exec_with_allocator(allocator: str, argv: list[str], purge_ms: int) -> None:
         return
     env = dict(os.environ, LD_PRELOAD=os.pathsep.join(filter(None, (str(lib), os.environ.get("LD_PRELOAD")))),
                **{RELAUNCHED: allocator})
-    env = {"MIMALLOC_PURGE_DELAY": str(purge_ms), "MIMALLOC_ALLOW_THP": "0", **env}  # the user's own settings win
+    env = {**mimalloc_options(purge_ms), **env}  # the user's own settings win
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, env)
