@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hone import cli
 from hone.data.synthetic import make_synthetic_squad
 from tiny import squad_texts, tiny_bert
 
@@ -32,6 +33,14 @@ def hone(*args: str, timeout: float = 300, cwd: Path | None = None) -> subproces
     """Run `python -m hone ARGS` and return the finished process (text output)."""
     return subprocess.run([sys.executable, "-m", "hone", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=ENV, cwd=cwd)
+
+
+def hone_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """`hone ARGS` through the program's entry (cli.main) in this process, where torch is loaded
+    already: for runs that must stop at their flags, seconds sooner than a new process."""
+    code = cli.main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["hone", *args], code, out, err)
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -163,7 +172,7 @@ def test_ctrl_c_stops_in_one_line_naming_the_last_checkpoint(files, tmp_path):
 
 # ----------------------------------------------------------------------------- the output folder is the user's
 
-def test_overwrite_starts_over_and_resume_refuses_another_run(files, tmp_path):
+def test_overwrite_starts_over_and_resume_refuses_another_run(files, tmp_path, capsys):
     out = tmp_path / "run"
     assert hone(*qa_args(files, out, "--max_steps", "6", "--save_steps", "2")).returncode == 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
@@ -180,17 +189,20 @@ def test_overwrite_starts_over_and_resume_refuses_another_run(files, tmp_path):
     assert digest(out)["model.safetensors"] == weights
 
     # another learning rate, another schedule, another train file, fewer steps: refused, named
-    one_error_line(hone(*qa_args(files, out, *shorter, "--resume_from_checkpoint", "latest",
-                                 "--learning_rate", "2e-3")), "learning_rate: 0.001 -> 0.002")
-    one_error_line(hone(*qa_args(files, out, *shorter, "--resume_from_checkpoint", "latest",
-                                 "--lr_scheduler_type", "cosine")), "lr_scheduler_type: 'linear' -> 'cosine'")
-    other_train = qa_args(files, out, *shorter, "--resume_from_checkpoint", "latest")
+    # (through the program's entry in this process: a refusal loads no new torch)
+    def refused(*args: str) -> subprocess.CompletedProcess:
+        return hone_here(capsys, *qa_args(files, out, *args))
+
+    resume = [*shorter, "--resume_from_checkpoint", "latest"]
+    one_error_line(refused(*resume, "--learning_rate", "2e-3"), "learning_rate: 0.001 -> 0.002")
+    one_error_line(refused(*resume, "--lr_scheduler_type", "cosine"), "lr_scheduler_type: 'linear' -> 'cosine'")
+    other_train = qa_args(files, out, *resume)
     other_train[other_train.index("--train_file") + 1] = files / "dev.json"
-    one_error_line(hone(*other_train), "train_file")
-    one_error_line(hone(*qa_args(files, out, "--max_steps", "2", "--save_steps", "1", "--save_total_limit", "2",
-                                 "--resume_from_checkpoint", "latest")), "beyond this run's 2 steps")
+    one_error_line(hone_here(capsys, *other_train), "train_file")
+    one_error_line(refused("--max_steps", "2", "--save_steps", "1", "--save_total_limit", "2",
+                           "--resume_from_checkpoint", "latest"), "beyond this run's 2 steps")
     # without --resume_from_checkpoint, another configuration's checkpoints are not resumed either
-    one_error_line(hone(*qa_args(files, out, *shorter, "--learning_rate", "2e-3")),
+    one_error_line(refused(*shorter, "--learning_rate", "2e-3"),
                    "of a run with other settings (learning_rate: 0.001 -> 0.002")
     # ...unless the user says so
     forced = hone(*qa_args(files, out, *shorter, "--resume_from_checkpoint", "latest", "--learning_rate", "2e-3",
@@ -239,12 +251,14 @@ def test_every_checkpoint_is_a_complete_model_folder(files, tmp_path):
         AutoModelForQuestionAnswering.from_pretrained(checkpoint)
 
 
-def test_bad_settings_fail_at_once_in_one_line(files, tmp_path):
+def test_bad_settings_fail_at_once_in_one_line(files, tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
+    args = qa_args(files, tmp_path / "out", "--cache_dir", tmp_path / "cache", "--weight_decay", "-1")
+    one_error_line(hone(*args), "--weight_decay must be >= 0")  # the program; the rest through its entry
+    assert not (tmp_path / "cache").exists()
     cases = [
         (["--output_dir", tmp_path / "a_file"], "is a file"),
         (["--output_dir", "/proc/hone-cannot-write-here"], "cannot be written"),
-        (["--weight_decay", "-1"], "--weight_decay must be >= 0"),
         (["--adam_beta1", "1.5"], "--adam_beta1 must be in [0, 1)"),
         (["--seed", "-1"], "--seed must be in [0, 2**32)"),
         (["--lr_power", "-1"], "--lr_power must be > 0"),
@@ -254,7 +268,7 @@ def test_bad_settings_fail_at_once_in_one_line(files, tmp_path):
     for extra, needle in cases:
         args = qa_args(files, tmp_path / "out", "--cache_dir", tmp_path / "cache")
         args += [str(x) for x in extra]  # later flags win
-        one_error_line(hone(*args), needle)
+        one_error_line(hone_here(capsys, *args), needle)
         assert not (tmp_path / "cache").exists()  # refused before any feature was built
 
 
@@ -294,15 +308,21 @@ def test_transformers_flags_work(files, tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator is preloaded on Linux only")
 def test_the_mimalloc_profile_relaunches_and_trains_the_same_weights(files, tmp_path):
     """host_allocator=mimalloc: `hone` relaunches itself once with libmimalloc preloaded (the
-    run's record names the allocator in use) and trains bit for bit what glibc's malloc does."""
+    run's record names the allocator in use), before it loads torch (flags that settle the
+    allocator), and trains bit for bit what glibc's malloc does."""
     pytest.importorskip("cmeel", reason="cmeel-mimalloc (a Linux dependency of hone) is not installed")
     weights = {}
     for allocator in ("system", "mimalloc"):
         out = tmp_path / allocator
         args = qa_args(files, out, "--save_strategy", "no")
         args[args.index("cpu_threads=1")] = f"cpu_threads=1,host_allocator={allocator}"
-        proc = hone(*args)
+        # -X importtime: the process before the relaunch lists its imports (the relaunch drops -X)
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hone", *map(str, args)],
+                              capture_output=True, text=True, timeout=300, env=ENV)
         assert proc.returncode == 0, proc.stderr
+        imported = [line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                    if line.startswith("import time:")]
+        assert ("torch" in imported) == (allocator == "system")  # with mimalloc, torch loaded once: after
         record = json.loads((out / "run.json").read_text())
         assert record["machine"]["host_allocator"] == allocator and record["hardware"]["host_allocator"] == allocator
         assert proc.stderr.count("***** effective configuration *****") == 1  # logged once, after the relaunch

@@ -220,3 +220,47 @@ def test_cpu_has_reads_cpuinfo_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(hardware, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
     assert hardware.cpu_has("avx2") and hardware.cpu_has("avx512_bf16", "avx2")
     assert not hardware.cpu_has("avx512_bf16", "amx_bf16") and not hardware.cpu_supports_bf16()
+
+
+# ----------------------------------------------------------------------------- allocator from flags
+
+SETTLED = [
+    ["--hardware", "cpu"],
+    ["--hardware=cpu-bf16", "--bf16"],
+    ["--hardware", "cpu", "--hardware-overrides", "host_allocator=system,cpu_threads=1"],
+    ["--hardware", "cpu-bf16", "--hardware_overrides=host_allocator_purge_ms=7"],
+    ["--hardware", "h100", "--fp16"],
+    ["--learning_rate", "1e-4"],  # auto, on a machine without an NVIDIA driver
+]
+
+
+@pytest.mark.parametrize("argv", SETTLED, ids=" ".join)
+def test_command_line_allocator_is_the_runs_own(argv, monkeypatch):
+    """What `hone` relaunches with before torch loads is what the run's parser and profile pick."""
+    from hone.config import TrainingArguments, parse_args
+
+    monkeypatch.setattr(hardware, "nvidia_driver_present", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args, = parse_args([*argv, "--output_dir", "out"], TrainingArguments, prog="hone qa")
+    profile = resolve_profile(args.hardware, args.hardware_overrides, check_device=False)
+    assert hardware.command_line_allocator(argv) == (profile.allocator, profile.host_allocator_purge_ms)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--hardware", "cpu", "--config", "run.yaml"],  # the file may name another profile
+    ["--hardware", "profile.yaml"],
+    ["--use_cpu"],
+    ["--hardware", "cpu", "--ipu_config_overrides", "x"],
+    ["--hardware", "cpu", "--help"],
+    ["--hardware"],  # no value: the run's parser reports it
+    ["--hardware", "cpx"],
+    ["--hardware", "cpu", "--hardware_overrides", "host_allocator=jemalloc"],
+], ids=" ".join)
+def test_command_line_allocator_leaves_unsettled_lines_to_the_run(argv):
+    assert hardware.command_line_allocator(argv) is None
+
+
+def test_auto_is_left_to_torch_where_an_nvidia_driver_is_loaded(monkeypatch):
+    monkeypatch.setattr(hardware, "nvidia_driver_present", lambda: True)
+    assert hardware.command_line_allocator([]) is None
+    assert hardware.command_line_allocator(["--hardware", "cpu"]) == ("mimalloc", -1)

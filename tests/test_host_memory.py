@@ -121,6 +121,18 @@ def test_the_program_relaunches_itself_with_mimalloc_preloaded(execs):
 
 
 @needs_mimalloc
+def test_the_program_relaunches_before_torch_loads_where_its_flags_settle_the_allocator(execs, monkeypatch):
+    monkeypatch.setattr(host_memory, "command_line_allocator", lambda flags: None if "--config" in flags
+                        else ("mimalloc", -1))
+    host_memory.relaunch_early(["qa", "--config", "run.yaml"])  # unsettled: the run relaunches later
+    assert execs == []
+    host_memory.relaunch_early(["qa", "--do_train"])
+    ((executable, argv, env),) = execs
+    assert argv == [sys.executable, "-m", "hone", "qa", "--do_train"]
+    assert env["LD_PRELOAD"] == str(host_memory.find_mimalloc()) and env["MIMALLOC_PURGE_DELAY"] == "-1"
+
+
+@needs_mimalloc
 def test_the_users_own_mimalloc_settings_win(execs, monkeypatch):
     monkeypatch.setenv("MIMALLOC_ALLOW_THP", "1")
     host_memory.mark_program(["qa"])

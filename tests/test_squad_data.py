@@ -369,16 +369,24 @@ def test_run_qa_labels_a_border_answer_past_the_context_and_hone_does_not(tiny_t
     assert feats.end_positions.tolist() == ref_end.tolist() == [14, 8, 0]
 
 
+WINDOWS = {"384-question-first": (384, 128, True), "128-question-first": (128, 48, True),
+           "128-passage-first": (128, 48, False)}
+TOKENIZERS = {"minilm": MINILM, "roberta": ROBERTA}
+# every setting on every 28th question (201, from all 15 articles); two of them, which between them
+# cover both tokenizers, window sizes and orders, on all 5,626 questions
+FEATURE_CASES = [pytest.param(TOKENIZERS[tok], *WINDOWS[window], slice(None, None, 28), id=f"{window}-{tok}-201-questions")
+                 for window in WINDOWS for tok in TOKENIZERS]
+FEATURE_CASES += [pytest.param(TOKENIZERS[tok], *WINDOWS[window], slice(None), id=f"{window}-{tok}-all",
+                               marks=pytest.mark.slow)
+                  for window, tok in (("384-question-first", "minilm"), ("128-passage-first", "roberta"))]
+
+
 @pytest.mark.data
-@pytest.mark.parametrize("subset", [slice(None, None, 28), pytest.param(slice(None), marks=pytest.mark.slow)],
-                         ids=["201-questions", "all"])
-@pytest.mark.parametrize("folder", [MINILM, ROBERTA], ids=["minilm", "roberta"])
-@pytest.mark.parametrize("max_len, stride, question_first", [(384, 128, True), (128, 48, True), (128, 48, False)],
-                         ids=["384-question-first", "128-question-first", "128-passage-first"])
+@pytest.mark.parametrize("folder, max_len, stride, question_first, subset", FEATURE_CASES)
 def test_features_match_run_qa(folder, max_len, stride, question_first, subset):
     if not folder.exists() or not EVAL_SPLIT.exists():
         pytest.skip("../shared/data is absent")
-    examples = read_squad(EVAL_SPLIT)[subset]  # every 28th: 201 questions from all 15 articles
+    examples = read_squad(EVAL_SPLIT)[subset]
     prefix = "" if question_first else "Q: "
     ref, mapping, ref_start, ref_end, ref_offsets = run_qa_features(
         examples, hf_tokenizer(folder), max_len, stride, question_first, prefix)

@@ -52,9 +52,11 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `hone` program itself: a run may relaunch it (engine.host_memory)
-        from hone.engine.host_memory import mark_program
+        from hone.engine.host_memory import mark_program, relaunch_early
 
         mark_program(sys.argv[1:])
+        if sys.argv[1:2] in (["qa"], ["glue"], ["clm"], ["pretrain"]) or sys.argv[1:3] == ["bench", "train"]:
+            relaunch_early(sys.argv[1:])  # the commands whose runs pick a host allocator
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

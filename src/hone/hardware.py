@@ -9,6 +9,7 @@ one place, `ipu_overrides_to_hardware`.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import functools
 import logging
@@ -368,6 +369,51 @@ def resolve_profile(name_or_path: str = "auto", overrides: str | None = None, *,
                             f"use one of {', '.join(_NAMES)} or a YAML file path")
     profile = _edit(profile, parse_overrides(overrides), where="--hardware_overrides")
     return validate_profile(profile, check_device=check_device)
+
+
+def command_line_allocator(argv: list[str]) -> tuple[str, int] | None:
+    """(host allocator, purge delay in ms) of the profile that a run's flags select, read without
+    importing torch, or None where the flags alone do not settle it: a --config file, a profile
+    file, IPU overrides, --use_cpu/--no_cuda, or "auto" on a machine with an NVIDIA driver (where
+    torch decides). `hone` relaunches with that allocator before torch loads, instead of once the
+    run has read its settings, which loaded torch twice (relaunch_early in engine.host_memory)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flag in ("--hardware", "--hardware_overrides", "--config", "--ipu_config_overrides"):
+        parser.add_argument(flag)
+    for flag in ("--use_cpu", "--no_cuda", "-h", "--help"):
+        parser.add_argument(flag, nargs="?", const="true")
+    try:
+        flags = parser.parse_known_args([_underscored(arg) for arg in argv])[0]
+    except argparse.ArgumentError:  # a flag without its value: the run's own parser says so
+        return None
+    if any((flags.config, flags.ipu_config_overrides, flags.use_cpu, flags.no_cuda, flags.h, flags.help)):
+        return None
+    name = flags.hardware or "auto"
+    if name == "auto":
+        if nvidia_driver_present():
+            return None
+        name = "cpu"  # what detect_profile picks where torch can see no CUDA device
+    if name not in PROFILES:
+        return None
+    try:
+        profile = resolve_profile(name, flags.hardware_overrides, check_device=False)
+    except HardwareError:  # the run reports it, in full
+        return None
+    return profile.allocator, profile.host_allocator_purge_ms
+
+
+def nvidia_driver_present() -> bool:
+    """True where an NVIDIA driver is loaded (torch may then see a CUDA device), read from /proc
+    and /dev without importing torch."""
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists()
+
+
+def _underscored(arg: str) -> str:
+    """--hardware-overrides=x -> --hardware_overrides=x (both spellings work, as in the run's parser)."""
+    if not arg.startswith("--"):
+        return arg
+    flag, sep, value = arg.partition("=")
+    return "--" + flag[2:].replace("-", "_") + sep + value
 
 
 # ----------------------------------------------------------------------------- IPUConfig

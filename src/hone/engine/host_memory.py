@@ -20,7 +20,8 @@ cmeel-mimalloc wheel), which keeps same-sized blocks together and returns pages 
 profile's host_allocator_purge_ms (5 s; never in fp32, where returning them cost system CPU
 time and there is room to keep them): resident memory stays near the live tensors at full
 speed, once it is kept off transparent huge pages (mimalloc_options). An allocator has to be
-there before the process's first allocation, so `hone` relaunches itself once with it preloaded (`relaunch_with_allocator`),
+there before the process's first allocation, so `hone` relaunches itself once with it preloaded (`relaunch_with_allocator`;
+`relaunch_early`, before torch loads, where the flags settle the allocator),
 before any work.
 """
 
@@ -33,6 +34,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from hone.hardware import command_line_allocator
 
 log = logging.getLogger("hone")
 
@@ -113,6 +116,15 @@ def relaunch_with_allocator(allocator: str, command: str, purge_ms: int) -> None
     recipe run inside another command), relaunch it with `allocator` (exec_with_allocator)."""
     if _program_argv and _program_argv[0] == command:
         exec_with_allocator(allocator, [sys.executable, "-m", "hone", *_program_argv], purge_ms)
+
+
+def relaunch_early(argv: list[str]) -> None:
+    """Relaunch the `hone` program (argv: its arguments) with its run's allocator before torch is
+    imported, where the flags alone settle which (hardware.command_line_allocator): torch then
+    loads once. Elsewhere the run relaunches once it knows its profile (relaunch_with_allocator),
+    and the first load of torch is wasted."""
+    if chosen := command_line_allocator(argv[1:]):
+        exec_with_allocator(chosen[0], [sys.executable, "-m", "hone", *argv], chosen[1])
 
 
 def exec_with_allocator(allocator: str, argv: list[str], purge_ms: int) -> None:
