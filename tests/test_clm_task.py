@@ -290,10 +290,10 @@ def test_seed_004_run_clm_command_line_runs(corpus, trained, tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 def test_wikitext_with_the_gpt2_tokenizer_learns(tmp_path):
-    """A tiny GPT-2 from the gpt2 preset (shrunk) with the real tokenizer on the first 200 lines of
-    wiki.valid.raw, evaluated on wiki.test.raw's first 100: the loss falls well below ln(50257)."""
+    """A tiny GPT-2 from the gpt2 preset (shrunk) with the real tokenizer on the first 120 lines of
+    wiki.valid.raw, evaluated on wiki.test.raw's first 50: the loss falls well below ln(50257)."""
     wiki = DATA / "wikitext" / "wikitext-2-raw"
-    for name, count in (("wiki.valid.raw", 200), ("wiki.test.raw", 100)):
+    for name, count in (("wiki.valid.raw", 120), ("wiki.test.raw", 50)):
         lines = (wiki / name).read_text(encoding="utf-8").splitlines(keepends=True)[:count]
         (tmp_path / name).write_text("".join(lines), encoding="utf-8")
     base = ["--config_name", "gpt2", "--config_overrides", "n_embd=32,n_layer=2,n_head=2,n_positions=64",
@@ -303,7 +303,7 @@ def test_wikitext_with_the_gpt2_tokenizer_learns(tmp_path):
     after = clm.run([*base, "--train_file", str(tmp_path / "wiki.valid.raw"), "--do_train", "--learning_rate", "1e-2",
                      "--per_device_train_batch_size", "8", "--num_train_epochs", "2", *common(tmp_path / "after")])
     assert before["eval_loss"] == pytest.approx(math.log(50257), abs=0.3)
-    assert after["eval_loss"] < before["eval_loss"] - 1.5, (before, after)  # measured: 10.8 -> 8.2
+    assert after["eval_loss"] < before["eval_loss"] - 1.5, (before, after)  # measured: 10.8 -> 8.3
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "after").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "after")
     ids = [t for line in (tmp_path / "wiki.test.raw").read_text(encoding="utf-8").splitlines(keepends=True)
