@@ -130,6 +130,9 @@ def test_the_program_relaunches_before_torch_loads_where_its_flags_settle_the_al
     ((executable, argv, env),) = execs
     assert argv == [sys.executable, "-m", "hone", "qa", "--do_train"]
     assert env["LD_PRELOAD"] == str(host_memory.find_mimalloc()) and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    monkeypatch.setattr(host_memory, "find_mimalloc", lambda: None)
+    host_memory.relaunch_early(["qa", "--do_train"])  # no library: the run says so, once
+    assert len(execs) == 1
 
 
 @needs_mimalloc

@@ -122,8 +122,8 @@ def relaunch_early(argv: list[str]) -> None:
     """Relaunch the `hone` program (argv: its arguments) with its run's allocator before torch is
     imported, where the flags alone settle which (hardware.command_line_allocator): torch then
     loads once. Elsewhere the run relaunches once it knows its profile (relaunch_with_allocator),
-    and the first load of torch is wasted."""
-    if chosen := command_line_allocator(argv[1:]):
+    and the first load of torch is wasted. A missing library is left to the run to report, once."""
+    if (chosen := command_line_allocator(argv[1:])) and find_mimalloc() is not None:
         exec_with_allocator(chosen[0], [sys.executable, "-m", "hone", *argv], chosen[1])
 
 
