@@ -125,14 +125,18 @@ def test_the_program_relaunches_before_torch_loads_where_its_flags_settle_the_al
     monkeypatch.setattr(host_memory, "command_line_allocator", lambda flags: None if "--config" in flags
                         else ("mimalloc", -1))
     host_memory.relaunch_early(["qa", "--config", "run.yaml"])  # unsettled: the run relaunches later
+    host_memory.relaunch_early(["bench", "infer", "--model", "m"])  # picks no allocator
+    host_memory.relaunch_early(["demo"])  # its qa run keeps the allocator it started with
     assert execs == []
     host_memory.relaunch_early(["qa", "--do_train"])
     ((executable, argv, env),) = execs
     assert argv == [sys.executable, "-m", "hone", "qa", "--do_train"]
     assert env["LD_PRELOAD"] == str(host_memory.find_mimalloc()) and env["MIMALLOC_PURGE_DELAY"] == "-1"
+    host_memory.relaunch_early(["bench", "train", "--task", "qa"])
+    assert execs[1][1] == [sys.executable, "-m", "hone", "bench", "train", "--task", "qa"]
     monkeypatch.setattr(host_memory, "find_mimalloc", lambda: None)
     host_memory.relaunch_early(["qa", "--do_train"])  # no library: the run says so, once
-    assert len(execs) == 1
+    assert len(execs) == 2
 
 
 @needs_mimalloc

@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         from hone.engine.host_memory import mark_program, relaunch_early
 
         mark_program(sys.argv[1:])
-        if sys.argv[1:2] in (["qa"], ["glue"], ["clm"], ["pretrain"]) or sys.argv[1:3] == ["bench", "train"]:
-            relaunch_early(sys.argv[1:])  # the commands whose runs pick a host allocator
+        relaunch_early(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

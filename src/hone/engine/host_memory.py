@@ -43,6 +43,8 @@ ONEDNN_CACHE_CAPACITY = 64  # primitives; one MiniLM/BERT training step creates 
 MMAP_THRESHOLD = 1 << 20  # bytes: tensors from 1 MiB up get their own mapping
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 RELAUNCHED = "HONE_HOST_ALLOCATOR"  # set in the environment of the relaunched process
+# the commands whose runs pick a host allocator: each recipe's Run, and `hone bench train`
+RELAUNCHING_COMMANDS = (["qa"], ["glue"], ["clm"], ["pretrain"], ["bench", "train"])
 _program_argv: list[str] | None = None  # `hone ...` as typed, when hone runs as the program
 
 
@@ -123,6 +125,8 @@ def relaunch_early(argv: list[str]) -> None:
     imported, where the flags alone settle which (hardware.command_line_allocator): torch then
     loads once. Elsewhere the run relaunches once it knows its profile (relaunch_with_allocator),
     and the first load of torch is wasted. A missing library is left to the run to report, once."""
+    if not any(argv[:len(command)] == command for command in RELAUNCHING_COMMANDS):
+        return
     if (chosen := command_line_allocator(argv[1:])) and find_mimalloc() is not None:
         exec_with_allocator(chosen[0], [sys.executable, "-m", "hone", *argv], chosen[1])
 
