@@ -21,6 +21,7 @@ from hone.bench import main
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.synthetic import make_synthetic_squad
 from hone.data.tokenizer import load_tokenizer
+from hone.engine.host_memory import find_mimalloc
 from hone.models.checkpoint import build_model, config_from_dict
 from hone.models.presets import PRESETS
 from paths import DATA as SHARED_DATA
@@ -72,7 +73,7 @@ def sst_file(tmp_path_factory) -> Path:
 
 def bench(tmp_path: Path, *argv: str) -> dict:
     out = tmp_path / "result.json"
-    assert main(["train", *argv, "--hardware", "cpu", "--repeats", "1", "--out", str(out)]) == 0
+    assert main(["train", *argv, "--hardware", "cpu", "--repeats", "1", "--same_process", "--out", str(out)]) == 0
     return json.loads(out.read_text())
 
 
@@ -172,9 +173,28 @@ def test_cli_table_runs_bench(tmp_path, tiny_dir, sst_file):
     out = tmp_path / "cli.json"
     assert cli.main(["bench", "train", "--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file),
                      "--seq_len", "32", "--batch_size", "2", "--steps", "1", "--warmup", "0", "--hardware",
-                     "cpu-bf16", "--systems", "transformers,hone", "--repeats", "1", "--out", str(out)]) == 0
+                     "cpu-bf16", "--systems", "transformers,hone", "--repeats", "1", "--same_process",
+                     "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert list(r["systems"]) == ["transformers", "hone"] and r["settings"]["autocast_dtype"] == "bfloat16"
+
+
+def test_each_system_runs_in_a_new_process_on_its_users_allocator(tmp_path, tiny_dir, sst_file):
+    """By default every measurement runs in a new process: hone on the profile's allocator
+    (mimalloc where the library is installed), transformers on the system's; the samples,
+    weights and so the losses are those of a run with both systems in one process."""
+    flags = ["--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file), "--seq_len", "32",
+             "--batch_size", "4", "--steps", "2", "--warmup", "1", "--dropout", "0", "--threads", "1"]
+    out = tmp_path / "processes.json"
+    assert main(["train", *flags, "--hardware", "cpu", "--repeats", "1", "--out", str(out)]) == 0
+    r, together = json.loads(out.read_text()), bench(tmp_path, *flags)
+    assert r["settings"]["processes"] == "a new one per system and repeat"
+    assert together["settings"]["processes"] == "one for both systems"
+    mimalloc = "mimalloc" if find_mimalloc() is not None else "system"
+    assert r["systems"]["hone"]["host_allocator"] == mimalloc and r["systems"]["transformers"]["host_allocator"] == "system"
+    for name in ("hone", "transformers"):
+        np.testing.assert_allclose(r["systems"][name]["losses"], together["systems"][name]["losses"], rtol=1e-5)
+    np.testing.assert_allclose(r["systems"]["hone"]["losses"], r["systems"]["transformers"]["losses"], rtol=1e-4)
 
 
 @pytest.mark.data

@@ -17,6 +17,9 @@ What differs is what each system does with a batch:
 - hone gets the same rows collated as its recipes collate them for the profile's execution
   mode (data.collate.make_collator: padded to the batch's longest row, no mask when nothing
   is padding; or packed) and runs them in that mode (--mode overrides the profile's).
+- the process: each system runs on the host allocator its users get (hone on the profile's,
+  mimalloc for the CPU profiles; transformers on the system's), so every measurement runs in
+  a new process of its own (--same_process: both in this one, on the profile's).
 Batches are collated before timing (DataLoader workers hide that cost in real training);
 a timed step includes the copy to the device. Every measurement is repeated --repeats times
 (systems alternating), and ratios are given over all timed steps with their spread across
@@ -32,6 +35,8 @@ import json
 import logging
 import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -51,7 +56,7 @@ from hone.data.shards import PretrainingDataset
 from hone.data.squad import prepare_train_features, read_squad
 from hone.data.text import lm_blocks, read_texts
 from hone.data.tokenizer import HoneTokenizer, load_tokenizer
-from hone.engine.host_memory import relaunch_with_allocator, resident_bytes
+from hone.engine.host_memory import allocator_environment, allocator_in_use, relaunch_with_allocator, resident_bytes
 from hone.engine.optim import build_optimizer
 from hone.engine.precision import autocast, autocast_dtype, build_loss_scaler, configure_tf32
 from hone.engine.trainer import apply_execution_profile
@@ -382,7 +387,47 @@ def _measure(name: str, folder: Path, *, data: BenchData, order: np.ndarray, arg
                       compile_model=compiled, dynamic=dynamic, desc=f"{name} ({mode})")
     return {"mode": mode, "compiled": compiled, "fused_optimizer": run["fused_optimizer"], "run": run,
             "batches": batches, "peak_memory_bytes": memory.peak_bytes(), "peak_memory_kind": memory.kind,
-            "peak_resident_bytes": resident_bytes("VmHWM") if device.type == "cpu" else None}
+            "peak_resident_bytes": resident_bytes("VmHWM") if device.type == "cpu" else None,
+            "host_allocator": allocator_in_use()}
+
+
+def system_allocator(name: str, profile: HardwareProfile) -> tuple[str, int]:
+    """The host allocator (and mimalloc purge delay) each system's users get: hone the profile's,
+    transformers the system's."""
+    return (profile.allocator, profile.host_allocator_purge_ms) if name == "hone" else ("system", -1)
+
+
+def _set_up_process(profile: HardwareProfile) -> None:
+    """Process-wide settings both systems train under: CPU threads, TF32."""
+    if profile.cpu_threads is not None:
+        torch.set_num_threads(profile.cpu_threads)
+    if profile.device.startswith("cuda"):
+        configure_tf32(profile.tf32)
+
+
+_CHILD = "import sys; from hone.bench import measure_in_child; measure_in_child(sys.argv[1], sys.argv[2])"
+
+
+def _measure_in_new_process(name: str, measure: dict, profile: HardwareProfile) -> dict:
+    """`_measure` in a fresh Python process on the system's own host allocator
+    (system_allocator): neither system runs on the other's allocator, heap or kernel caches,
+    and each peak resident memory is its own."""
+    with tempfile.TemporaryDirectory(prefix="hone-bench-process-") as work:
+        spec, out = Path(work) / "measurement.pt", Path(work) / "result.pt"
+        torch.save({"name": name, **measure, "profile": profile}, spec)
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(spec), str(out)],
+                              env=allocator_environment(*system_allocator(name, profile)), check=False)
+        if done.returncode != 0:
+            raise BenchError(f"the {name} measurement's process failed (exit status {done.returncode}; its output "
+                             "is above); --same_process runs both systems in this one")
+        return torch.load(out, weights_only=False)
+
+
+def measure_in_child(spec_path: str, out_path: str) -> None:
+    """The child's side of `_measure_in_new_process`: read the measurement, run it, write its result."""
+    spec = torch.load(spec_path, weights_only=False)
+    _set_up_process(spec["profile"])
+    torch.save(_measure(**spec), out_path)
 
 
 def bucket_tokens(args: argparse.Namespace, profile: HardwareProfile) -> int | None:
@@ -410,15 +455,15 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
-    relaunch_with_allocator(profile.allocator, "bench", profile.host_allocator_purge_ms)  # both systems then run on it (machine.host_allocator)
+    if args.same_process:  # both systems then run on the profile's allocator (machine.host_allocator)
+        relaunch_with_allocator(profile.allocator, "bench", profile.host_allocator_purge_ms)
     if warning := precision_warning(profile):
         log.warning("notice: %s", warning)
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
         profile = replace(profile, cpu_threads=args.threads)
     if args.mode is not None:
         profile = replace(profile, **MODE_PROFILE[args.mode])
-    if profile.cpu_threads is not None:
-        torch.set_num_threads(profile.cpu_threads)
+    _set_up_process(profile)
     device = torch.device(profile.device)
     hone_task, _, _ = TASKS[args.task]
     config, folder = resolve_model_config(args.model_config, args.task)
@@ -457,17 +502,17 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
                             collate=baseline_collate(data.baseline_padding, data.pad_token_id, seq_len))
     flops = batch_flops(data, baseline, config, hone_task, seq_len)
     peak = perf.device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    if device.type == "cuda":
-        configure_tf32(profile.tf32)
 
     measured: dict[str, list[dict]] = {name: [] for name in systems}
     with tempfile.TemporaryDirectory(prefix="hone-bench-") as tmp:
         model.save_pretrained(tmp)  # both systems load these weights
         del model
+        measure = dict(folder=Path(tmp), data=data, order=order, args=args, config=config, baseline=baseline,
+                       token_types=token_types)
         for _ in range(args.repeats):  # systems alternate, so slow drifts of the machine hit both
             for name in systems:
-                measured[name].append(_measure(name, Path(tmp), data=data, order=order, args=args, profile=profile,
-                                               config=config, baseline=baseline, token_types=token_types))
+                measured[name].append(_measure(name, profile=profile, **measure) if args.same_process
+                                      else _measure_in_new_process(name, measure, profile))
 
     reports = {}
     for name, runs in measured.items():
@@ -484,7 +529,8 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
                          "samples_per_second_per_repeat": [r["samples_per_second"] for r in per_repeat],
                          "peak_memory_bytes": max(m["peak_memory_bytes"] for m in runs),
                          "peak_memory_kind": first["peak_memory_kind"],
-                         "peak_resident_bytes": max((m["peak_resident_bytes"] or 0 for m in runs), default=0) or None}
+                         "peak_resident_bytes": max((m["peak_resident_bytes"] or 0 for m in runs), default=0) or None,
+                         "host_allocator": first["host_allocator"]}
 
     timed = baseline[args.warmup:]
     real, padded = sum(b.real_tokens for b in timed), sum(b.tokens for b in timed)
@@ -501,6 +547,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             "per_device_train_batch_size": batch_size, "steps": args.steps, "warmup": args.warmup,
             "repeats": args.repeats, "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
             "systems": systems, "mode": profile.execution_mode, "compile_baseline": args.compile_baseline,
+            "processes": "one for both systems" if args.same_process else "a new one per system and repeat",
             "attention_kernel": effective_attention(profile), "bucket_tokens": bucket_tokens(args, profile),
             "threads": profile.cpu_threads,
             "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
@@ -563,6 +610,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--systems", default="hone,transformers", help="Which systems, in run order.")
     p.add_argument("--mode", choices=MODES, help="hone's execution mode (default: the profile's).")
     p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
+    p.add_argument("--same_process", action="store_true",
+                   help="Measure both systems in this process, on the profile's host allocator (faster to start). "
+                        "Default: each repeat of each system in a new process, hone on the profile's allocator and "
+                        "transformers on the system's, as their users run them.")
     p.add_argument("--bucket_tokens", type=int,
                    help="hone: pad each batch's token stream to a multiple of this (few shapes; 0: off; default "
                         "the profile's bucket_tokens: half of --max_seq_length when it compiles, else off).")
@@ -594,8 +645,8 @@ def summary(report: dict) -> str:
                      f"+- {r['step_time_std_s']:.3f} s, peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB"
                      + (f" (peak resident {r['peak_resident_bytes'] / 2**20:.0f} MiB)" if r.get("peak_resident_bytes")
                         else "")
-                     + f", loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}")
-    lines.append(f"hone attention: {report['settings']['attention_kernel']}")
+                     + f", loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}, {r['host_allocator']} allocator")
+    lines.append(f"hone attention: {report['settings']['attention_kernel']}; processes: {report['settings']['processes']}")
     if "hone_vs_transformers" in report:
         ratio = report["hone_vs_transformers"]
         spread = ratio["samples_per_second_ratio_spread"]

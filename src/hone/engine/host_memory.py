@@ -138,18 +138,37 @@ def exec_with_allocator(allocator: str, argv: list[str], purge_ms: int) -> None:
     once and carry on with the system allocator: memory is then less bounded, nothing else changes."""
     if allocator == "system" or not sys.platform.startswith("linux") or allocator_in_use() == allocator:
         return
-    lib = find_mimalloc()
-    if lib is None or os.environ.get(RELAUNCHED):
-        reason = ("libmimalloc.so is not installed (pip install cmeel-mimalloc)" if lib is None
-                  else f"it did not load with LD_PRELOAD={os.environ.get('LD_PRELOAD')}")
-        log.warning("notice: host_allocator %s: %s; using the system allocator.", allocator, reason)
+    if find_mimalloc() is None:
+        _missing_library_notice(allocator)
         return
-    env = dict(os.environ, LD_PRELOAD=os.pathsep.join(filter(None, (str(lib), os.environ.get("LD_PRELOAD")))),
-               **{RELAUNCHED: allocator})
-    env = {**mimalloc_options(purge_ms), **env}  # the user's own settings win
+    if os.environ.get(RELAUNCHED):
+        log.warning("notice: host_allocator %s: it did not load with LD_PRELOAD=%s; using the system allocator.",
+                    allocator, os.environ.get("LD_PRELOAD"))
+        return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, env)
+    os.execve(argv[0], argv, allocator_environment(allocator, purge_ms))
+
+
+def allocator_environment(allocator: str, purge_ms: int) -> dict[str, str]:
+    """This process's environment for a new process that runs on `allocator`: mimalloc preloaded
+    first with hone's options (the user's own settings win), or, for "system", without any
+    mimalloc in LD_PRELOAD. Without the library, "mimalloc" gives the system allocator (and says so)."""
+    env = dict(os.environ)
+    env.pop(RELAUNCHED, None)
+    preload = [p for p in env.pop("LD_PRELOAD", "").split(os.pathsep) if p and "libmimalloc" not in Path(p).name]
+    if allocator != "system" and sys.platform.startswith("linux"):
+        if (lib := find_mimalloc()) is None:
+            _missing_library_notice(allocator)
+        else:
+            preload.insert(0, str(lib))
+            env = {**mimalloc_options(purge_ms), **env, RELAUNCHED: allocator}
+    return {**env, "LD_PRELOAD": os.pathsep.join(preload)} if preload else env
+
+
+def _missing_library_notice(allocator: str) -> None:
+    log.warning("notice: host_allocator %s: libmimalloc.so is not installed (pip install cmeel-mimalloc); "
+                "using the system allocator.", allocator)
 
 
 def resident_bytes(field: str = "VmHWM") -> int | None:
