@@ -180,16 +180,23 @@ def test_cli_table_runs_bench(tmp_path, tiny_dir, sst_file):
 
 
 def test_each_system_runs_in_a_new_process_on_its_users_allocator(tmp_path, tiny_dir, sst_file):
-    """By default every measurement runs in a new process: hone on the profile's allocator
-    (mimalloc where the library is installed), transformers on the system's; the samples,
-    weights and so the losses are those of a run with both systems in one process."""
+    """By default each system runs on its users' allocator: hone on the profile's (mimalloc where
+    the library is installed), transformers on the system's, each measurement in a new process
+    when the two differ. The samples, weights and so the losses are those of a run with both
+    systems in one process."""
     flags = ["--task", "glue", "--model_config", str(tiny_dir), "--data", str(sst_file), "--seq_len", "32",
              "--batch_size", "4", "--steps", "2", "--warmup", "1", "--dropout", "0", "--threads", "1"]
     out = tmp_path / "processes.json"
     assert main(["train", *flags, "--hardware", "cpu", "--repeats", "1", "--out", str(out)]) == 0
     r, together = json.loads(out.read_text()), bench(tmp_path, *flags)
     assert r["settings"]["processes"] == "a new one per system and repeat"
-    assert together["settings"]["processes"] == "one for both systems"
+    out = tmp_path / "system.json"  # one allocator for both: no new processes
+    assert main(["train", *flags, "--hardware", "cpu", "--hardware_overrides", "host_allocator=system",
+                 "--repeats", "1", "--out", str(out)]) == 0
+    one = json.loads(out.read_text())
+    assert one["settings"]["processes"] == "this one for every system"
+    assert {s["host_allocator"] for s in one["systems"].values()} == {"system"}
+    assert together["settings"]["processes"] == "this one for every system"
     mimalloc = "mimalloc" if find_mimalloc() is not None else "system"
     assert r["systems"]["hone"]["host_allocator"] == mimalloc and r["systems"]["transformers"]["host_allocator"] == "system"
     for name in ("hone", "transformers"):

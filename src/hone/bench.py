@@ -18,8 +18,9 @@ What differs is what each system does with a batch:
   mode (data.collate.make_collator: padded to the batch's longest row, no mask when nothing
   is padding; or packed) and runs them in that mode (--mode overrides the profile's).
 - the process: each system runs on the host allocator its users get (hone on the profile's,
-  mimalloc for the CPU profiles; transformers on the system's), so every measurement runs in
-  a new process of its own (--same_process: both in this one, on the profile's).
+  mimalloc for the CPU profiles; transformers on the system's). Where the two differ, every
+  measurement runs in a new process of its own (--same_process: both in this one, on the
+  profile's); elsewhere (GPU profiles) both run in this one.
 Batches are collated before timing (DataLoader workers hide that cost in real training);
 a timed step includes the copy to the device. Every measurement is repeated --repeats times
 (systems alternating), and ratios are given over all timed steps with their spread across
@@ -455,8 +456,11 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
-    if args.same_process:  # both systems then run on the profile's allocator (machine.host_allocator)
-        relaunch_with_allocator(profile.allocator, "bench", profile.host_allocator_purge_ms)
+    allocators = {system_allocator(name, profile) for name in systems}
+    new_processes = len(allocators) > 1 and not args.same_process
+    if not new_processes:  # every system runs in this process, on one allocator (machine.host_allocator)
+        allocator, purge_ms = (profile.allocator, profile.host_allocator_purge_ms) if args.same_process else allocators.pop()
+        relaunch_with_allocator(allocator, "bench", purge_ms)
     if warning := precision_warning(profile):
         log.warning("notice: %s", warning)
     if args.threads is not None:  # the bench's spelling of the profile's cpu_threads
@@ -511,8 +515,8 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
                        token_types=token_types)
         for _ in range(args.repeats):  # systems alternate, so slow drifts of the machine hit both
             for name in systems:
-                measured[name].append(_measure(name, profile=profile, **measure) if args.same_process
-                                      else _measure_in_new_process(name, measure, profile))
+                measured[name].append(_measure_in_new_process(name, measure, profile) if new_processes
+                                      else _measure(name, profile=profile, **measure))
 
     reports = {}
     for name, runs in measured.items():
@@ -547,7 +551,7 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
             "per_device_train_batch_size": batch_size, "steps": args.steps, "warmup": args.warmup,
             "repeats": args.repeats, "learning_rate": args.learning_rate, "seed": args.seed, "dropout": args.dropout,
             "systems": systems, "mode": profile.execution_mode, "compile_baseline": args.compile_baseline,
-            "processes": "one for both systems" if args.same_process else "a new one per system and repeat",
+            "processes": "a new one per system and repeat" if new_processes else "this one for every system",
             "attention_kernel": effective_attention(profile), "bucket_tokens": bucket_tokens(args, profile),
             "threads": profile.cpu_threads,
             "autocast_dtype": str(dtype).removeprefix("torch.") if dtype else "fp32 (none)",
@@ -612,8 +616,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compile_baseline", action="store_true", help="torch.compile the transformers model too.")
     p.add_argument("--same_process", action="store_true",
                    help="Measure both systems in this process, on the profile's host allocator (faster to start). "
-                        "Default: each repeat of each system in a new process, hone on the profile's allocator and "
-                        "transformers on the system's, as their users run them.")
+                        "Default: hone on the profile's allocator and transformers on the system's, as their users "
+                        "run them; where the two differ, each repeat of each system in a new process.")
     p.add_argument("--bucket_tokens", type=int,
                    help="hone: pad each batch's token stream to a multiple of this (few shapes; 0: off; default "
                         "the profile's bucket_tokens: half of --max_seq_length when it compiles, else off).")
