@@ -456,10 +456,9 @@ def run_benchmark(args: argparse.Namespace, command: str = "") -> dict:
         raise BenchError(f"--threads must be >= 1, got {args.threads}")
     systems = _systems(args.systems)
     profile = resolve_profile(args.hardware, args.hardware_overrides)
-    allocators = {system_allocator(name, profile) for name in systems}
-    new_processes = len(allocators) > 1 and not args.same_process
+    new_processes = len({system_allocator(name, profile)[0] for name in systems}) > 1 and not args.same_process
     if not new_processes:  # every system runs in this process, on one allocator (machine.host_allocator)
-        allocator, purge_ms = (profile.allocator, profile.host_allocator_purge_ms) if args.same_process else allocators.pop()
+        allocator, purge_ms = system_allocator("hone" if args.same_process else systems[0], profile)
         relaunch_with_allocator(allocator, "bench", purge_ms)
     if warning := precision_warning(profile):
         log.warning("notice: %s", warning)
