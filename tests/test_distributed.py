@@ -78,6 +78,10 @@ def test_two_processes_match_one_with_twice_the_micro_batch(tmp_path):
                                torch.tensor(train_losses(tmp_path / "single")), atol=1e-6, rtol=0)
     state = json.loads((tmp_path / "ddp" / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["samples_seen"] == STEPS * 2 * MICRO
+    # cleanup joined gloo's worker threads: none is left to abort at interpreter shutdown
+    for rank in (0, 1):
+        threads = json.loads((tmp_path / f"threads-rank{rank}.json").read_text())
+        assert threads["after"] == threads["before"], threads
 
 
 def test_ranks_take_strided_shares_and_pad_a_short_last_step():
@@ -90,12 +94,18 @@ def test_ranks_take_strided_shares_and_pad_a_short_last_step():
     assert [p.samples for p in plans[0]] == [4, 4, 3]  # positions consumed, padding not counted
 
 
-def _ddp_main(out: Path) -> None:
-    import torch.distributed as dist
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
 
+
+def _ddp_main(out: Path) -> None:
+    from hone.engine import distributed
+
+    before = _threads()
     run(out / "ddp", micro=MICRO)
     run(out / "resume", micro=MICRO, resume_from_checkpoint="latest")
-    dist.destroy_process_group()
+    distributed.cleanup()
+    (out / f"threads-rank{os.environ['RANK']}.json").write_text(json.dumps({"before": before, "after": _threads()}))
 
 
 if __name__ == "__main__":

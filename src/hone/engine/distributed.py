@@ -9,12 +9,20 @@ never touches torch.distributed.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# DDP imports this module lazily, and its functions take `group=group.WORLD` as a default
+# argument: imported after init_process_group, those defaults keep the process group alive
+# forever, so destroy_process_group never joins gloo's worker threads, and a worker still
+# releasing a finished collective when Python shuts down aborts the process ("terminate
+# called without an active exception"). Imported now, before any group exists, they are None.
+import torch.distributed.nn.functional  # noqa: F401
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -102,8 +110,14 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (safe to call twice or without one)."""
+    """Leave the process group (safe to call twice or without one).
+
+    Unreachable DDP wrappers still hold the group, so they are collected first: with the
+    last reference gone, destroying the group joins gloo's worker threads while Python is
+    still whole, not during interpreter shutdown.
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
