@@ -35,6 +35,9 @@ from hone.data.tokenizer import load_tokenizer
 from hone.models.checkpoint import build_model
 from hone.models.presets import preset
 
+# what each evaluation records: its result and its runtime (the evaluation alone, as the Trainer times it)
+EVAL_KEYS = ("eval_loss", "perplexity", "eval_runtime")
+
 # --tiny: the whole path on a sliver of the data (not a result)
 TINY = dict(text_lines=400, layers=2, width=64, heads=2, block_size=64, epochs=1.0, logging_steps=2)
 
@@ -139,11 +142,12 @@ def main(argv: list[str]) -> int:
         curves["hone"] = {"step": [r["step"] for r in train_log], "loss": [r["loss"] for r in train_log]}
         result["systems"]["hone"] = {
             "wall_seconds": walls["hone"] + after["wall_time_s"], "train_runtime": res["train_runtime"],
-            "eval_seconds": after["wall_time_s"], "train_samples_per_second": res["train_samples_per_second"],
+            "eval_seconds": after["metrics"]["eval_runtime"], "eval_wall_seconds": after["wall_time_s"],
+            "train_samples_per_second": res["train_samples_per_second"],
             "train_loss": res["train_loss"], "train_samples": res["train_samples"],
             "eval_samples": after["metrics"]["eval_samples"],
-            "before": {k: before["metrics"][k] for k in ("eval_loss", "perplexity")},
-            "after": {k: after["metrics"][k] for k in ("eval_loss", "perplexity")},
+            "before": {k: before["metrics"][k] for k in EVAL_KEYS},
+            "after": {k: after["metrics"][k] for k in EVAL_KEYS},
             "commands": [commands["hone"], before["command"], after["command"]]}
     if "transformers" in commands:
         res = json.loads((work / "transformers" / "baseline_results.json").read_text())
@@ -154,8 +158,8 @@ def main(argv: list[str]) -> int:
             "eval_seconds": res["eval_seconds"], "train_samples_per_second": res["train_samples_per_second"],
             "train_loss": res["train_loss"], "train_samples": res["train_samples"],
             "eval_samples": res["eval_samples"],
-            "before": {k: res["eval_before"][k] for k in ("eval_loss", "perplexity")},
-            "after": {k: res["eval_after"][k] for k in ("eval_loss", "perplexity")}, "command": commands["transformers"]}
+            "before": {k: res["eval_before"][k] for k in EVAL_KEYS},
+            "after": {k: res["eval_after"][k] for k in EVAL_KEYS}, "command": commands["transformers"]}
     if len(result["systems"]) == 2:
         h, t = result["systems"]["hone"], result["systems"]["transformers"]
         difference = h["after"]["perplexity"] / t["after"]["perplexity"] - 1
@@ -164,6 +168,7 @@ def main(argv: list[str]) -> int:
             "perplexity_before_relative_difference": h["before"]["perplexity"] / t["before"]["perplexity"] - 1,
             "same_blocks": h["train_samples"] == t["train_samples"] and h["eval_samples"] == t["eval_samples"],
             "train_speedup": h["train_samples_per_second"] / t["train_samples_per_second"],
+            "eval_speedup_before_after": [t[w]["eval_runtime"] / h[w]["eval_runtime"] for w in ("before", "after")],
             "wall_speedup": t["wall_seconds"] / h["wall_seconds"]}
     target = Path(a.out) if a.out else RESULTS / f"clm-wikitext2-{model}-{a.precision}-{result['date']}.json"
     figure = target.with_suffix(".png")

@@ -131,7 +131,10 @@ def test_learns_through_the_cli(corpus, tmp_path):
     assert res["perplexity"] == pytest.approx(math.exp(res["eval_loss"]))
     assert res["train_samples"] == len(run_clm_blocks(corpus / "tiny", (corpus / "train.txt").read_text()
                                                       .splitlines(keepends=True), 64))
-    assert set(results(out, "eval")) == {"eval_loss", "perplexity", "eval_samples"}  # run_clm's keys
+    evaluated = results(out, "eval")  # run_clm's keys (but eval_steps_per_second: hone batches by length)
+    assert set(evaluated) == {"eval_loss", "perplexity", "eval_samples", "eval_runtime", "eval_samples_per_second"}
+    assert evaluated["eval_samples_per_second"] == pytest.approx(
+        evaluated["eval_samples"] / evaluated["eval_runtime"], rel=0.05)  # runtime rounded to 0.1 ms
     card = (out / "README.md").read_text()
     assert "Causal Language Modeling" in card and "perplexity" in card
 
@@ -218,7 +221,9 @@ def test_json_lines_text_column_and_the_default_block_size(corpus, trained, tmp_
     from_json = clm.run([*base, "--validation_file", str(tmp_path / "valid.jsonl"), "--text_column_name", "body",
                          *common(tmp_path / "json")])
     from_text = clm.run([*base, "--validation_file", str(corpus / "valid.txt"), *common(tmp_path / "text")])
-    assert from_json == from_text and from_text["eval_samples"] == 19  # blocks of 64, the model's positions
+    untimed = [{k: v for k, v in m.items() if k not in ("eval_runtime", "eval_samples_per_second")}
+               for m in (from_json, from_text)]
+    assert untimed[0] == untimed[1] and from_text["eval_samples"] == 19  # blocks of 64, the model's positions
 
 
 # ----------------------------------------------------------------------------- command lines

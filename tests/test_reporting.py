@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from transformers import trainer_pt_utils
+from transformers import trainer_pt_utils, trainer_utils
 
 from hone.config import TrainingArguments
 from hone.hardware import HardwareProfile
@@ -22,6 +22,7 @@ from hone.reporting import (
     hyperparameters_for_card,
     log_metrics,
     save_results,
+    timed,
     write_model_card,
 )
 from paths import SEEDS
@@ -86,6 +87,19 @@ def test_numpy_values_format_like_floats():
 def test_log_metrics_prints(capsys):
     log_metrics("train", TRAIN)
     assert capsys.readouterr().out == format_metrics("train", TRAIN) + "\n"
+
+
+def test_timed_phase_reports_the_trainers_speed_keys(monkeypatch):
+    """An evaluation's runtime and rate are the ones transformers' speed_metrics gives for the
+    same clock and samples; MNLI's two dev sets count together; no samples, no rate."""
+    monkeypatch.setattr("hone.reporting.time.perf_counter", iter([100.0, 102.5]).__next__)
+    metrics = timed("eval", lambda model: {"eval_accuracy": 0.9, "eval_samples": 10, "eval_samples_mm": 5}, None)
+    monkeypatch.setattr(trainer_utils.time, "time", lambda: 102.5)
+    reference = trainer_utils.speed_metrics("eval", 100.0, num_samples=15)
+    assert metrics == {"eval_accuracy": 0.9, "eval_samples": 10, "eval_samples_mm": 5, **reference}
+    assert reference == {"eval_runtime": 2.5, "eval_samples_per_second": 6.0}
+    monkeypatch.setattr("hone.reporting.time.perf_counter", iter([0.0, 0.25]).__next__)
+    assert timed("predict", lambda model: {"predict_score": 1}, None) == {"predict_score": 1, "predict_runtime": 0.25}
 
 
 def test_save_metrics_matches_transformers(tmp_path):

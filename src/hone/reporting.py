@@ -18,7 +18,8 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,21 @@ def format_metrics(split: str, metrics: Mapping[str, Any]) -> str:
         v_width = max(len(v) for v in shown.values())
         lines += [f"  {key:<{k_width}} = {shown[key]:>{v_width}}" for key in sorted(shown)]
     return "\n".join(lines)
+
+
+def timed(split: str, phase: Callable[[Any], dict], model: Any) -> dict:
+    """`phase(model)`'s metrics plus the speed keys transformers' Trainer reports with them:
+    {split}_runtime (seconds) and {split}_samples_per_second, counting the samples the phase
+    reports as {split}_samples* (MNLI's two dev sets add up). Comparable with run_qa, run_glue
+    and run_clm's figures, as the phase returns with its outputs on the host."""
+    start = time.perf_counter()
+    metrics = phase(model)
+    seconds = time.perf_counter() - start
+    samples = sum(v for k, v in metrics.items() if k.startswith(f"{split}_samples"))
+    speed = {f"{split}_runtime": round(seconds, 4)}
+    if samples:
+        speed[f"{split}_samples_per_second"] = round(samples / max(seconds, 1e-9), 3)
+    return {**metrics, **speed}
 
 
 def log_metrics(split: str, metrics: Mapping[str, Any]) -> None:

@@ -56,6 +56,7 @@ from hone.engine.output_dir import TRAINING_OUTPUTS, OutputDir, json_default
 from hone.engine.precision import autocast, build_loss_scaler, configure_tf32
 from hone.errors import HoneError, RunInterrupted
 from hone.hardware import HardwareProfile
+from hone.reporting import timed
 
 
 class TrainingDivergedError(HoneError, RuntimeError):
@@ -724,7 +725,7 @@ class Trainer:
         """The task's eval_fn on the bare model; logged with the current step."""
         if self.eval_fn is None:
             raise HoneError("this Trainer was built without an eval_fn.")
-        metrics = self.eval_fn(self.model)
+        metrics = timed("eval", self.eval_fn, self.model)
         self.model.train()
         if self.is_main:
             self._write_record({"step": self.state.global_step, "epoch": round(self.state.epoch, 4), **metrics})

@@ -309,9 +309,9 @@ class Run:
             results["train"] = self.trainer.train()
             model = self.trainer.model
         if a.do_eval:
-            results["eval"] = evaluate(model)
+            results["eval"] = reporting.timed("eval", evaluate, model)
         if a.do_predict:
-            results["predict"] = predict(model)
+            results["predict"] = reporting.timed("predict", predict, model)
         for split, metrics in results.items():
             reporting.log_metrics(split, metrics)
         reporting.save_results(self.output, results)
