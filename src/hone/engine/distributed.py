@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-# DDP imports this module lazily, and its functions take `group=group.WORLD` as a default
-# argument: imported after init_process_group, those defaults keep the process group alive
-# forever, so destroy_process_group never joins gloo's worker threads, and a worker still
-# releasing a finished collective when Python shuts down aborts the process ("terminate
-# called without an active exception"). Imported now, before any group exists, they are None.
-import torch.distributed.nn.functional  # noqa: F401
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -83,6 +77,13 @@ def init_distributed(profile: HardwareProfile) -> DistributedContext:
                       f"has {world_size} process(es); launch with `torchrun --nproc_per_node "
                       f"{profile.replicas} -m hone ...` to get them.", stacklevel=2)
     if world_size > 1 and not dist.is_initialized():
+        # DDP imports this module lazily, and its functions take `group=group.WORLD` as a default
+        # argument: imported after init_process_group, those defaults keep the process group
+        # alive forever, so destroy_process_group never joins gloo's worker threads, and a worker
+        # still releasing a finished collective when Python shuts down aborts the process
+        # ("terminate called without an active exception"). Imported before the group exists,
+        # they are None. Here, not at the top: single-process runs never pay for it.
+        importlib.import_module("torch.distributed.nn.functional")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 rank=rank, world_size=world_size)
         atexit.register(cleanup)
